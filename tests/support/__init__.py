@@ -1,0 +1,1 @@
+"""Test support: a local registry and OCI test images built from busybox-static."""
