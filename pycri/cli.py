@@ -1,0 +1,62 @@
+"""The `pycri` command: serve, config, info (and the offline image tools)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from pycri import __version__
+from pycri.config import LOG_LEVELS, Config, ConfigError, config_to_toml, load_config
+from pycri.log import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pycri", description="A Kubernetes CRI v1 runtime on runc, conmon and CNI.")
+    parser.add_argument("--version", action="version", version=f"pycri {__version__}")
+    parser.add_argument("--config", type=Path, help="config file (default /etc/pycri/pycri.toml if it exists)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="overrides the config's log_level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="serve CRI v1 on the configured unix socket")
+    commands.add_parser("config", help="print the effective config as TOML")
+    commands.add_parser("info", help="print versions of pycri, runc, conmon, CNI plugins and what is missing")
+    return parser
+
+
+def _serve(config: Config) -> int:
+    from pycri.daemon import AlreadyRunning
+    from pycri.server.app import SocketInUse, serve
+
+    try:
+        asyncio.run(serve(config))
+    except (AlreadyRunning, SocketInUse) as exc:
+        print(f"pycri: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _info(config: Config) -> int:
+    from pycri.hostinfo import collect_host_info
+
+    info = collect_host_info(config)
+    print(info.to_json())
+    for problem in info.missing:
+        print(f"missing: {problem}", file=sys.stderr)
+    return 1 if info.missing else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, {"log_level": args.log_level})
+    except ConfigError as exc:
+        print(f"pycri: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    if args.command == "serve":
+        return _serve(config)
+    if args.command == "config":
+        sys.stdout.write(config_to_toml(config))
+        return 0
+    return _info(config)

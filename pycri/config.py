@@ -1,0 +1,228 @@
+"""pycri's configuration: a TOML file where every key has a default.
+
+The file is optional (/etc/pycri/pycri.toml unless --config names another).
+Unknown keys and values of the wrong type or range stop start-up with an
+error naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/pycri/pycri.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CGROUP_DRIVERS = ("cgroupfs", "systemd")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key and the value."""
+
+
+@dataclass
+class HandlerConfig:
+    """One OCI runtime that pods may ask for by RuntimeHandler name."""
+
+    path: Path = Path("/usr/sbin/runc")
+    # Runtime state dir; empty means <state_dir>/<handler name>.
+    root: Path | None = None
+
+
+@dataclass
+class RuntimeSection:
+    default_handler: str = "runc"
+    conmon: Path = Path("/usr/bin/conmon")
+    cgroup_driver: str = "cgroupfs"
+    cgroup_parent: str = "/pycri"
+    pause_image: str = "registry.k8s.io/pause:3.10"
+    # Pods without a log directory from kubelet log here.
+    default_log_dir: Path = Path("/var/log/pycri/pods")
+    log_size_max: int = -1
+    handlers: dict[str, HandlerConfig] = field(
+        default_factory=lambda: {"runc": HandlerConfig(path=Path("/usr/sbin/runc"))}
+    )
+
+
+@dataclass
+class CniSection:
+    conf_dir: Path = Path("/etc/cni/net.d")
+    bin_dirs: list[Path] = field(default_factory=lambda: [Path("/usr/lib/cni"), Path("/opt/cni/bin")])
+    # Written into the default conflist pycri installs when conf_dir has none.
+    default_subnet: str = "10.85.0.0/16"
+    install_default_config: bool = True
+
+
+@dataclass
+class ImageSection:
+    platform: str = "linux/amd64"
+    max_concurrent_downloads: int = 3
+    # A docker-style config.json whose "auths" supply registry credentials.
+    docker_config: Path | None = None
+    # Hosts reached over plain HTTP; localhost and 127.0.0.1 always are.
+    insecure_registries: list[str] = field(default_factory=list)
+    # Registry host -> endpoint URLs that serve it instead (no fallback to the host itself).
+    mirrors: dict[str, list[str]] = field(default_factory=dict)
+    pull_timeout: float = 600.0
+
+
+@dataclass
+class StreamingSection:
+    address: str = "127.0.0.1"
+    # 0 picks a free port at start.
+    port: int = 0
+    token_ttl: float = 60.0
+
+
+@dataclass
+class Config:
+    socket: Path = Path("/run/pycri/pycri.sock")
+    root_dir: Path = Path("/var/lib/pycri")
+    state_dir: Path = Path("/run/pycri")
+    log_level: str = "info"
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    cni: CniSection = field(default_factory=CniSection)
+    images: ImageSection = field(default_factory=ImageSection)
+    streaming: StreamingSection = field(default_factory=StreamingSection)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root_dir / "pycri.db"
+
+    def handler(self, name: str) -> HandlerConfig:
+        return self.runtime.handlers[name]
+
+    def handler_root(self, name: str) -> Path:
+        configured = self.runtime.handlers[name].root
+        return configured if configured is not None else self.state_dir / name
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read `path` (the default path when None, if it exists) and apply CLI overrides."""
+    raw: dict[str, Any] = {}
+    source = path if path is not None else DEFAULT_CONFIG_PATH
+    if path is not None or source.exists():
+        try:
+            raw = tomllib.loads(source.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {source} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {source} is not valid TOML: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    config = _build(Config, raw, prefix="")
+    _validate(config)
+    return config
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (value {raw[unknown[0]]!r})")
+    values = {name: _convert(hints[name], raw[name], prefix + name) for name in fields if name in raw}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value in (None, ""):
+            return None
+        return _convert(options[0], value, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a table, got {value!r}")
+        return {k: _convert(item, v, f"{key}.{k}") for k, v in value.items()}
+    if hint is Path:
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ConfigError(f"config key {key!r}: expected an absolute path, got {value!r}")
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or isinstance(value, bool) and hint is not bool:
+        raise ConfigError(f"config key {key!r}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _validate(config: Config) -> None:
+    def bad(key: str, value: Any, why: str) -> ConfigError:
+        return ConfigError(f"config key {key!r}: {why}, got {value!r}")
+
+    if config.log_level not in LOG_LEVELS:
+        raise bad("log_level", config.log_level, f"expected one of {', '.join(LOG_LEVELS)}")
+    rt = config.runtime
+    if rt.cgroup_driver not in CGROUP_DRIVERS:
+        raise bad("runtime.cgroup_driver", rt.cgroup_driver, f"expected one of {', '.join(CGROUP_DRIVERS)}")
+    if rt.default_handler not in rt.handlers:
+        raise bad("runtime.default_handler", rt.default_handler, "names no entry of runtime.handlers")
+    if not rt.cgroup_parent.startswith("/") and rt.cgroup_driver == "cgroupfs":
+        raise bad("runtime.cgroup_parent", rt.cgroup_parent, "expected an absolute cgroup path")
+    if config.images.max_concurrent_downloads < 1:
+        raise bad("images.max_concurrent_downloads", config.images.max_concurrent_downloads, "expected >= 1")
+    if config.images.platform.count("/") not in (1, 2):
+        raise bad("images.platform", config.images.platform, "expected os/arch or os/arch/variant")
+    if not 0 <= config.streaming.port <= 65535:
+        raise bad("streaming.port", config.streaming.port, "expected 0..65535")
+    try:
+        ipaddress.ip_network(config.cni.default_subnet)
+    except ValueError:
+        raise bad("cni.default_subnet", config.cni.default_subnet, "expected a CIDR such as 10.85.0.0/16") from None
+
+
+def config_to_toml(config: Config) -> str:
+    """Render the effective config as TOML (for `pycri config`)."""
+    lines: list[str] = []
+    _render_table(lines, dataclasses.asdict(config), [])
+    return "\n".join(lines).strip() + "\n"
+
+
+def _render_table(lines: list[str], table: dict[str, Any], path: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append(f"\n[{'.'.join(_toml_key(p) for p in path)}]")
+    for key, value in scalars.items():
+        if value is None:
+            lines.append(f"# {key} is unset")
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _render_table(lines, value, [*path, key])
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

@@ -1,0 +1,93 @@
+"""What the host offers pycri: versions of runc, conmon, the CNI plugins, and what is missing.
+
+Used by `pycri info` and by the verbose Status reply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pycri import __version__
+from pycri.config import Config
+
+DEFAULT_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
+
+
+@dataclass
+class BinaryInfo:
+    path: str
+    version: str | None = None  # None when the binary is missing or does not run
+    cni_versions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HostInfo:
+    pycri: str
+    runtimes: dict[str, BinaryInfo]
+    conmon: BinaryInfo
+    cni_plugins: dict[str, BinaryInfo]
+    missing: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_plugin(name: str, bin_dirs: list[Path]) -> Path | None:
+    for directory in bin_dirs:
+        candidate = directory / name
+        if is_executable(candidate):
+            return candidate
+    return None
+
+
+def _first_line(args: list[str], env: dict[str, str] | None = None) -> str | None:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=10, env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else None
+
+
+def _plugin_info(path: Path) -> BinaryInfo:
+    version = _first_line([str(path)], env={}) or "unknown"
+    about = _first_line([str(path)], env={"CNI_COMMAND": "VERSION"})
+    try:
+        supported = json.loads(about or "{}").get("supportedVersions", [])
+    except json.JSONDecodeError:
+        supported = []
+    return BinaryInfo(str(path), version, supported)
+
+
+def collect_host_info(config: Config, plugins: tuple[str, ...] = DEFAULT_PLUGINS) -> HostInfo:
+    missing: list[str] = []
+    runtimes: dict[str, BinaryInfo] = {}
+    for name, handler in config.runtime.handlers.items():
+        info = BinaryInfo(str(handler.path))
+        if is_executable(handler.path):
+            info.version = _first_line([str(handler.path), "--version"])
+        else:
+            missing.append(f"runtime handler {name!r}: {handler.path} is not an executable file")
+        runtimes[name] = info
+    conmon = BinaryInfo(str(config.runtime.conmon))
+    if is_executable(config.runtime.conmon):
+        conmon.version = _first_line([str(config.runtime.conmon), "--version"])
+    else:
+        missing.append(f"conmon: {config.runtime.conmon} is not an executable file")
+    cni: dict[str, BinaryInfo] = {}
+    for plugin in plugins:
+        found = find_plugin(plugin, config.cni.bin_dirs)
+        if found is None:
+            missing.append(f"CNI plugin {plugin!r}: not in {', '.join(map(str, config.cni.bin_dirs))}")
+            cni[plugin] = BinaryInfo("")
+        else:
+            cni[plugin] = _plugin_info(found)
+    return HostInfo(__version__, runtimes, conmon, cni, missing)

@@ -1,0 +1,26 @@
+"""The handler tables: which module answers which CRI method."""
+
+from __future__ import annotations
+
+import grpc
+
+from pycri.daemon import Daemon
+from pycri.server.dispatch import Handler, service_handler
+from pycri.server.runtime import runtime_config, status, update_runtime_config, version
+
+RUNTIME_SERVICE: dict[str, Handler] = {
+    "Version": version.handle,
+    "Status": status.handle,
+    "RuntimeConfig": runtime_config.handle,
+    "UpdateRuntimeConfig": update_runtime_config.handle,
+}
+
+IMAGE_SERVICE: dict[str, Handler] = {}
+
+
+def runtime_service_handlers(daemon: Daemon) -> grpc.GenericRpcHandler:
+    return service_handler("RuntimeService", RUNTIME_SERVICE, daemon)
+
+
+def image_service_handlers(daemon: Daemon) -> grpc.GenericRpcHandler:
+    return service_handler("ImageService", IMAGE_SERVICE, daemon)

@@ -1,0 +1,26 @@
+"""Status: is the runtime ready, is the pod network ready, and why not."""
+
+import dataclasses
+import json
+
+from pycri.api import api_pb2
+from pycri.daemon import Daemon
+from pycri.health import Condition, network_condition, runtime_condition
+
+
+def _proto(condition: Condition) -> api_pb2.RuntimeCondition:
+    return api_pb2.RuntimeCondition(
+        type=condition.type, status=condition.ready, reason=condition.reason, message=condition.message
+    )
+
+
+async def handle(daemon: Daemon, request: api_pb2.StatusRequest) -> api_pb2.StatusResponse:
+    conditions = [runtime_condition(daemon.config), await network_condition(daemon)]
+    reply = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[_proto(c) for c in conditions]))
+    for name in daemon.config.runtime.handlers:
+        reply.runtime_handlers.add(name=name, features=api_pb2.RuntimeHandlerFeatures())
+    if request.verbose:
+        reply.info["config"] = json.dumps(dataclasses.asdict(daemon.config), default=str)
+        reply.info["hostInfo"] = daemon.host_info().to_json()
+        reply.info["podCIDR"] = json.dumps(daemon.network.pod_cidr)
+    return reply

@@ -1,0 +1,86 @@
+"""The metadata store: one SQLite database in WAL mode under the root dir.
+
+The schema carries a version (PRAGMA user_version); `MIGRATIONS[n]` takes a
+database from version n to n+1, so an older database is upgraded in place at
+start and a newer one (written by a later pycri) is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pycri.state.schema import MIGRATIONS
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (newer schema, corrupt file)."""
+
+
+class Store:
+    """A thread-safe handle on pycri.db; callers on the event loop use it from threads
+    for anything bigger than a single-row read."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self.migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        with self._lock:
+            current = self.schema_version
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path} has schema version {current}; this pycri knows up to {len(MIGRATIONS)}"
+                )
+            for version in range(current, len(MIGRATIONS)):
+                with self.transaction() as db:
+                    for statement in _statements(MIGRATIONS[version]):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version={version + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
+        """Run one statement in its own transaction; returns the rows changed."""
+        with self._lock:
+            return self._db.execute(sql, params).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _statements(script: str) -> Iterator[str]:
+    for chunk in script.split(";"):
+        if chunk.strip():
+            yield chunk

@@ -1,0 +1,119 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pycri.config import Config, ConfigError, config_to_toml, load_config
+
+pytestmark = pytest.mark.unit
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pycri.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_key_has_a_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert config == Config()
+    assert config.socket == Path("/run/pycri/pycri.sock")
+    assert config.cni.bin_dirs == [Path("/usr/lib/cni"), Path("/opt/cni/bin")]
+    assert config.handler_root("runc") == Path("/run/pycri/runc")
+
+
+def test_missing_default_file_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pycri.config.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    assert load_config(None) == Config()
+
+
+def test_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            socket = "/tmp/p.sock"
+            [runtime]
+            cgroup_driver = "systemd"
+            default_handler = "crun"
+            [runtime.handlers.crun]
+            path = "/usr/bin/crun"
+            [images]
+            max_concurrent_downloads = 5
+            [images.mirrors]
+            "registry.k8s.io" = ["http://localhost:5000"]
+            """,
+        )
+    )
+    assert config.socket == Path("/tmp/p.sock")
+    assert config.runtime.cgroup_driver == "systemd"
+    assert config.handler("crun").path == Path("/usr/bin/crun")
+    assert config.images.mirrors == {"registry.k8s.io": ["http://localhost:5000"]}
+    assert config.images.max_concurrent_downloads == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("sockett = '/x'", "'sockett'"),
+        ("[runtime]\ncgroup_drver = 'systemd'", "runtime.cgroup_drver"),
+        ("[runtime]\ncgroup_driver = 'upstart'", "runtime.cgroup_driver"),
+        ("log_level = 'loud'", "log_level"),
+        ("socket = 'relative.sock'", "socket"),
+        ("[images]\nmax_concurrent_downloads = 0", "images.max_concurrent_downloads"),
+        ("[images]\nmax_concurrent_downloads = '3'", "images.max_concurrent_downloads"),
+        ("[images]\nplatform = 'amd64'", "images.platform"),
+        ("[cni]\ndefault_subnet = '10.0.0.0/33'", "cni.default_subnet"),
+        ("[cni]\nbin_dirs = '/usr/lib/cni'", "cni.bin_dirs"),
+        ("[cni]\ninstall_default_config = 1", "cni.install_default_config"),
+        ("[runtime]\ndefault_handler = 'kata'", "runtime.default_handler"),
+        ("[runtime.handlers.runc]\npaht = '/usr/sbin/runc'", "runtime.handlers.runc.paht"),
+        ("[streaming]\nport = 70000", "streaming.port"),
+        ("runtime = 3", "runtime"),
+    ],
+)
+def test_bad_key_or_value_is_named(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.").replace("[", r"\[")):
+        load_config(write(tmp_path, text))
+
+
+def test_invalid_toml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "socket = "))
+
+
+def test_override_wins(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "log_level = 'info'"), {"log_level": "debug"})
+    assert config.log_level == "debug"
+
+
+def test_printed_config_reads_back_the_same(tmp_path: Path) -> None:
+    original = load_config(
+        write(tmp_path, "[images]\ndocker_config = '/root/.docker/config.json'\n[images.mirrors]\n'gcr.io' = ['http://m']")
+    )
+    again = load_config(write(tmp_path, config_to_toml(original)))
+    assert again == original
+
+
+toml_scalars = st.one_of(st.integers(), st.text(max_size=20), st.booleans(), st.floats(allow_nan=False))
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=15), toml_scalars, max_size=4))
+def test_arbitrary_tables_load_or_fail_cleanly(table: dict[str, object]) -> None:
+    from pycri.config import _build
+
+    try:
+        _build(Config, table, prefix="")
+    except ConfigError:
+        pass
+
+
+def test_rendered_default_is_valid_toml() -> None:
+    assert tomllib.loads(config_to_toml(Config()))["socket"] == "/run/pycri/pycri.sock"
