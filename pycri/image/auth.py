@@ -94,6 +94,11 @@ def decode_basic_auth(auth: str) -> tuple[str, str]:
     return username, password
 
 
+def basic_authorization(username: str, password: str) -> str:
+    """The Authorization header value of HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
 def registry_host_of(key: str) -> str:
     """The host a docker config.json ``auths`` key stands for ("https://index.docker.io/v1/" -> docker.io)."""
     host = key.strip().lower().removeprefix("https://").removeprefix("http://").split("/", 1)[0]
@@ -202,7 +207,7 @@ class Authorizer:
         if challenge.scheme == "basic":
             if credentials is None or not credentials.username:
                 return None
-            return aiohttp.BasicAuth(credentials.username, credentials.password).encode()
+            return basic_authorization(credentials.username, credentials.password)
         if credentials is not None and credentials.registry_token:
             return f"Bearer {credentials.registry_token}"
         key = (host, scope, credentials)
@@ -254,10 +259,10 @@ class Authorizer:
             async with self._session.post(realm, data=form) as response:
                 yield response
             return
-        basic = None
+        headers = {}
         if credentials is not None and credentials.username:
-            basic = aiohttp.BasicAuth(credentials.username, credentials.password)
-        async with self._session.get(realm, params=query, auth=basic) as response:
+            headers["Authorization"] = basic_authorization(credentials.username, credentials.password)
+        async with self._session.get(realm, params=query, headers=headers) as response:
             yield response
 
 

@@ -140,7 +140,7 @@ def test_valid_references_round_trip(
     reference = parse_reference(text)
 
     assert parse_reference(str(reference)) == reference
-    assert reference.path.endswith("/".join(components))
+    assert reference.name.endswith("/".join(components))
     assert reference.digest == digest
     assert reference.tag == (tag or (None if digest else "latest"))
 
