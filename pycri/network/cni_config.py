@@ -233,11 +233,12 @@ def installed_default_config(
     bridge: str = DEFAULT_BRIDGE,
     ipam_data_dir: Path | None = None,
 ) -> Path | None:
-    """Write pycri's default network into `conf_dir` unless it already holds a valid one.
+    """Write pycri's default network into `conf_dir` when it holds no config file at all.
 
-    Returns the path written, or None when an existing network was kept.
+    A directory with configs, even invalid ones, is the user's: nothing there is replaced.
+    Returns the path written, or None when the directory already had configs.
     """
-    if load_default_network(conf_dir) is not None:
+    if config_files(conf_dir):
         return None
     target = conf_dir / DEFAULT_CONFLIST_FILE
     content = json.dumps(default_conflist(subnet, bridge, ipam_data_dir), indent=2) + "\n"
