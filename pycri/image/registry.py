@@ -327,7 +327,7 @@ class RegistryClient:
             raise RegistryUnavailable(f"{what} from {source}: {_describe(error)}") from error
         except aiohttp.ClientError as error:
             raise RegistryError(f"{what} from {source}: {_describe(error)}") from error
-        if response.status < 400 or (response.status == 401 and not raise_401):
+        if response.status < 300 or (response.status == 401 and not raise_401):
             return response
         async with response:
             cause = await _error_cause(response)

@@ -394,6 +394,29 @@ async def test_a_refused_token_is_unauthorized(token_peer: TokenPeer, credential
         await pull_through_peer(token_peer, credentials)
 
 
+async def test_downloads_beyond_the_limit_wait_their_turn(token_peer: TokenPeer, test_images: TestImages) -> None:
+    layer = test_images.busybox.image.layers[0]
+    reference = parse_reference("registry.k8s.io/pycri-test/busybox:latest")
+    credentials = Credentials(*TOKEN_USER)
+    mirrors = {"registry.k8s.io": [f"{token_peer.url}/mirror"]}
+    async with registry_client(mirrors=mirrors, max_concurrent_downloads=1) as client:
+        resolved = await client.resolve(reference, credentials)
+        first = client.open_blob(resolved, resolved.layers[0], credentials)
+        second = client.open_blob(resolved, resolved.layers[0], credentials)
+        first_chunk = await anext(first)
+        waiting = asyncio.ensure_future(anext(second))
+        # A whole download by another client gives the waiting one every chance to send its request.
+        async with registry_client(mirrors=mirrors) as other_client:
+            await read_blob(other_client, resolved, resolved.config, credentials=credentials)
+        requests_while_first_runs = len(token_peer.storage_authorizations)
+        rest = b"".join([chunk async for chunk in first])
+        second_blob = await waiting + b"".join([chunk async for chunk in second])
+
+    assert requests_while_first_runs == 2
+    assert first_chunk + rest == second_blob == layer.data
+    assert len(token_peer.storage_authorizations) == 3
+
+
 async def test_corrupt_blob_content_fails_its_digest(token_peer: TokenPeer) -> None:
     token_peer.corrupt_blobs = True
     with pytest.raises(DigestMismatch, match="content has digest"):
