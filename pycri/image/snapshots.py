@@ -1,0 +1,197 @@
+"""Unpacked layers: ``<root>/snapshots/<chain-id-hex>/fs``, one overlayfs lower dir each.
+
+A snapshot is keyed by the OCI chain ID of its layer, so images that share a
+base share its snapshots. Each layer is stored as its own diff (whiteouts as
+overlayfs writes them), never applied on top of its parent, so the layers of
+one image unpack in parallel and a container's rootfs is one overlay mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from pycri.image import overlay
+from pycri.image.unpack import apply_layer
+
+log = logging.getLogger(__name__)
+
+_TEMP_PREFIX = "tmp-"
+
+
+class SnapshotError(Exception):
+    """A layer whose snapshot could not be made; the message names the layer."""
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI chain IDs: the first is the first diff ID, each next one sha256("<previous> <diff ID>")."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if chain:
+            chain.append("sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+        else:
+            chain.append(diff_id)
+    return chain
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(bytes, inodes) a tree takes on disk, counting each hard-linked inode once."""
+    try:
+        root = os.lstat(path)
+    except FileNotFoundError:
+        return 0, 0
+    used_bytes, inodes = root.st_blocks * 512, 1
+    seen: set[tuple[int, int]] = set()
+    pending = [str(path)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed while we walked
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            used_bytes += info.st_blocks * 512
+            inodes += 1
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(entry.path)
+    return used_bytes, inodes
+
+
+class SnapshotStore:
+    def __init__(self, root: Path) -> None:
+        self._dir = root / "snapshots"
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+
+    def path(self, chain_id: str) -> Path:
+        """The directory holding the layer's files: an overlayfs lower dir."""
+        return self._snapshot_dir(chain_id) / "fs"
+
+    def _snapshot_dir(self, chain_id: str) -> Path:
+        algorithm, _, hex_part = chain_id.partition(":")
+        if algorithm != "sha256" or len(hex_part) != 64 or hex_part.strip("0123456789abcdef"):
+            raise SnapshotError(f"invalid chain ID {chain_id!r}")
+        return self._dir / hex_part
+
+    def has(self, chain_id: str) -> bool:
+        return self.path(chain_id).is_dir()
+
+    async def unpack(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str) -> None:
+        """Extract the layer blob as snapshot chain_id unless it exists; concurrent calls share one run.
+
+        Extraction runs in a thread to its end even if the caller is
+        cancelled, then either renames its temp dir into place or removes it.
+        """
+        while not self.has(chain_id):
+            running = self._inflight.get(chain_id)
+            if running is None:
+                running = asyncio.get_running_loop().run_in_executor(
+                    None, self._unpack_now, chain_id, blob_path, media_type, expected_diff_id
+                )
+                self._inflight[chain_id] = running
+                running.add_done_callback(lambda done: self._forget(chain_id, done))
+                await asyncio.shield(running)
+                return
+            # A failed run leaves has() false and this caller tries on its own.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)
+
+    def _forget(self, chain_id: str, done: asyncio.Future[None]) -> None:
+        del self._inflight[chain_id]
+        if not done.cancelled():
+            done.exception()  # the caller may be gone: nobody else must look at it
+
+    def _unpack_now(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str) -> None:
+        final = self._snapshot_dir(chain_id)
+        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._dir))
+        try:
+            (temp / "fs").mkdir()
+            started = time.monotonic()
+            diff_id = apply_layer(blob_path, media_type, temp / "fs")
+            if diff_id != expected_diff_id:
+                raise SnapshotError(
+                    f"layer {blob_path.name}: unpacked diff ID {diff_id} differs from the image's {expected_diff_id}"
+                )
+            try:
+                os.rename(temp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                # Another process unpacked the same layer first.
+                shutil.rmtree(temp)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        log.info(
+            "unpacked layer",
+            extra={
+                "fields": {
+                    "chain_id": chain_id,
+                    "diff_id": diff_id,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            },
+        )
+
+    def remove(self, chain_id: str) -> None:
+        """Delete a snapshot; a missing one is not an error. Blocks for as long as the tree takes."""
+        final = self._snapshot_dir(chain_id)
+        # Renamed first so that a crash midway leaves a temp dir for cleanup_tmp, not half a layer.
+        doomed = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._dir))
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(final, doomed / "snapshot")
+        shutil.rmtree(doomed)
+
+    def list(self) -> list[str]:
+        return [
+            "sha256:" + entry.name
+            for entry in os.scandir(self._dir)
+            if len(entry.name) == 64 and not entry.name.strip("0123456789abcdef")
+        ]
+
+    def cleanup_tmp(self) -> None:
+        """Remove temp dirs of unpacks and removals a killed process left; call at start."""
+        for entry in os.scandir(self._dir):
+            if entry.name.startswith(_TEMP_PREFIX):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                log.info("removed stale snapshot temp dir", extra={"fields": {"path": entry.path}})
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes, inodes) all snapshots take on disk."""
+        return disk_usage(self._dir)
+
+    def mount_rootfs(
+        self,
+        lower_chain_ids_top_first: list[str],
+        upper: Path | None,
+        work: Path | None,
+        target: Path,
+        readonly: bool = False,
+    ) -> None:
+        """Mount the snapshots as one overlay at target; writes go to upper unless readonly.
+
+        A read-only rootfs takes no upper or work dir.
+        """
+        lowers = [self.path(chain_id) for chain_id in lower_chain_ids_top_first]
+        if readonly:
+            overlay.mount_overlay(lowers, target)
+        elif upper is None or work is None:
+            raise SnapshotError(f"a writable rootfs at {target} needs an upper and a work dir")
+        else:
+            overlay.mount_overlay(lowers, target, upper, work)
