@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as host
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -134,11 +133,6 @@ def parse_platform(text: str) -> Platform:
     if len(parts) not in (2, 3) or not all(parts):
         raise ValueError(f"invalid platform {text!r}: want os/arch[/variant], e.g. linux/amd64")
     return normalize_platform(*parts)
-
-
-def host_platform() -> Platform:
-    """The platform of this machine (Linux assumed, as everywhere in pycri)."""
-    return normalize_platform("linux", host.machine())
 
 
 def compatible_platforms(wanted: Platform) -> list[Platform]:
