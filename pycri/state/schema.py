@@ -28,4 +28,29 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (owner, chain_id)
     );
     """,
+    # 2: pod sandboxes. The whole PodSandboxConfig is kept as serialized proto bytes, so the
+    # labels and annotations list filters need come from it. Columns hold what teardown needs.
+    """
+    CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,              -- 64 hex digits
+        name TEXT NOT NULL UNIQUE,        -- <name>_<namespace>_<uid>_<attempt>, reserved while the row lives
+        pod_name TEXT NOT NULL,
+        pod_namespace TEXT NOT NULL,
+        pod_uid TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'notready')),
+        created_at INTEGER NOT NULL,      -- ns since the epoch
+        runtime_handler TEXT NOT NULL,
+        config BLOB NOT NULL,             -- runtime.v1.PodSandboxConfig
+        netns_path TEXT,                  -- NULL: the host's namespace
+        ipc_path TEXT,
+        uts_path TEXT,
+        shm_path TEXT,                    -- NULL: the host's /dev/shm
+        ips TEXT NOT NULL DEFAULT '[]',   -- JSON list, IPv4 first
+        cni_result TEXT,                  -- JSON of the pod network's ADD result
+        cgroup_parent TEXT NOT NULL,
+        log_directory TEXT NOT NULL,
+        pause_pid INTEGER                 -- PID 1 of a shared PID namespace, if the pod has one
+    );
+    """,
 ]
