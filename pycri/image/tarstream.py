@@ -150,8 +150,8 @@ class _ChunkReader:
         if isinstance(item, BaseException):
             self._queue.put(item)
             raise item
-        if item is _END:
-            self._queue.put(_END)
+        if not item:
+            self._queue.put(_END)  # for the next caller: the end stays the end
         return item
 
     def hexdigest(self) -> str:

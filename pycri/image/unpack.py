@@ -39,7 +39,7 @@ _SPECIAL_KINDS = {
     tarstream.FIFO: stat.S_IFIFO,
 }
 # The overlay xattrs change how the kernel merges layers; only whiteouts may set them.
-_RESERVED_XATTR_PREFIX = "trusted.overlay."
+_RESERVED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 _Made = TypeVar("_Made")
 
@@ -296,7 +296,7 @@ def _open_dir(parent: int, name: str, entry_name: str, create: bool) -> int:
 def _set_xattrs(target: int | str, member: Member) -> None:
     """Apply a member's xattrs to an fd or to a path that is not followed."""
     for key, value in member.xattrs.items():
-        if key.startswith(_RESERVED_XATTR_PREFIX):
+        if key.startswith(_RESERVED_XATTR_PREFIXES):
             log.warning("ignored overlay xattr in layer", extra={"fields": {"entry": member.name, "xattr": key}})
             continue
         try:

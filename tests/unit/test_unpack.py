@@ -11,6 +11,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pycri.image import tarstream
 from pycri.image.unpack import LayerError, UnsafeLayer, apply_layer
 from tests.support.oci_images import (
     OCI_LAYER_TYPES,
@@ -179,6 +181,24 @@ def test_each_compression_and_its_diff_id(ws: Workspace, compression: Compressio
     entries = [file_entry(f"data/{n}", os.urandom(3000 + n)) for n in range(50)]
     ws.extract(entries, compression)
     assert (ws.target / "data/7").read_bytes() == entries[7].data
+
+
+@pytest.mark.parametrize("inflate", [zlib, tarstream._inflate_lib], ids=["zlib", "fastest-available"])
+def test_gzip_members_padding_and_corruption(ws: Workspace, monkeypatch: pytest.MonkeyPatch, inflate: object) -> None:
+    monkeypatch.setattr(tarstream, "_inflate_lib", inflate)
+    tar_bytes = make_layer([file_entry(f"f{n}", os.urandom(70_000)) for n in range(40)], "none").data
+    middle = len(tar_bytes) // 2
+    # Two gzip members (as pigz and concatenation make) and zero padding after them.
+    blob = ws.base / "blob"
+    blob.write_bytes(gzip.compress(tar_bytes[:middle]) + gzip.compress(tar_bytes[middle:]) + b"\0" * 1000)
+    assert apply_layer(blob, OCI_LAYER_TYPES["gzip"], ws.target) == "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+    assert len(os.listdir(ws.target)) == 40
+
+    corrupt = bytearray(gzip.compress(tar_bytes))
+    corrupt[len(corrupt) // 2] ^= 0x55
+    blob.write_bytes(bytes(corrupt))
+    with pytest.raises(LayerError):
+        apply_layer(blob, OCI_LAYER_TYPES["gzip"], ws.base / "target")
 
 
 def test_magic_bytes_win_over_a_wrong_media_type(ws: Workspace) -> None:
