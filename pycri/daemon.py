@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pycri.config import Config
 from pycri.hostinfo import HostInfo, collect_host_info
+from pycri.image.service import ImageService
 from pycri.network.cni import CniManager
 from pycri.network.cni_config import installed_default_config
 from pycri.state.store import Store
@@ -41,6 +42,7 @@ class Daemon:
     config: Config
     store: Store
     network: CniManager
+    images: ImageService
     _lock_fd: int = -1
     _host_info: HostInfo | None = field(default=None, repr=False)
 
@@ -55,12 +57,14 @@ class Daemon:
             os.close(lock_fd)
             raise
         network = CniManager(config.cni.conf_dir, config.cni.bin_dirs, config.root_dir / "cni")
-        return cls(config=config, store=store, network=network, _lock_fd=lock_fd)
+        images = ImageService(config, store)
+        return cls(config=config, store=store, network=network, images=images, _lock_fd=lock_fd)
 
     async def start(self) -> None:
         """Bring the services up; runs before the socket accepts calls."""
         if self.config.cni.install_default_config:
             installed_default_config(self.config.cni.conf_dir, self.config.cni.default_subnet)
+        await self.images.start()
 
     def host_info(self) -> HostInfo:
         """Versions of the host's binaries, read once (they only change with a package upgrade)."""
@@ -73,6 +77,7 @@ class Daemon:
             self.network.pod_cidr = cidr
 
     async def close(self) -> None:
+        await self.images.close()
         self.store.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)

@@ -43,3 +43,15 @@ class ResourceExhausted(PycriError):
 
 class Unimplemented(PycriError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Unauthenticated(PycriError):
+    """A registry refused the credentials (or their absence)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DataLoss(PycriError):
+    """Content did not match its digest, or a layer could not be unpacked safely."""
+
+    code = grpc.StatusCode.DATA_LOSS

@@ -6,6 +6,7 @@ import grpc
 
 from pycri.daemon import Daemon
 from pycri.server.dispatch import Handler, service_handler
+from pycri.server.image import image_fs_info, image_status, list_images, pull_image, remove_image, stream_images
 from pycri.server.runtime import runtime_config, status, update_runtime_config, version
 
 RUNTIME_SERVICE: dict[str, Handler] = {
@@ -15,7 +16,14 @@ RUNTIME_SERVICE: dict[str, Handler] = {
     "UpdateRuntimeConfig": update_runtime_config.handle,
 }
 
-IMAGE_SERVICE: dict[str, Handler] = {}
+IMAGE_SERVICE: dict[str, Handler] = {
+    "PullImage": pull_image.handle,
+    "ListImages": list_images.handle,
+    "StreamImages": stream_images.handle,
+    "ImageStatus": image_status.handle,
+    "RemoveImage": remove_image.handle,
+    "ImageFsInfo": image_fs_info.handle,
+}
 
 
 def runtime_service_handlers(daemon: Daemon) -> grpc.GenericRpcHandler:

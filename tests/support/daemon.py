@@ -30,7 +30,7 @@ def toml_value(value: Any) -> str:
 
 
 def render_toml(table: dict[str, Any], prefix: str = "") -> str:
-    scalars = [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    scalars = [f'"{k}" = {toml_value(v)}' for k, v in table.items() if not isinstance(v, dict)]
     text = (f"[{prefix}]\n" if prefix else "") + "\n".join(scalars) + "\n"
     for key, value in table.items():
         if isinstance(value, dict):

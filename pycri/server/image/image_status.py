@@ -1,0 +1,12 @@
+"""ImageStatus: one image, or an empty reply when it is not there."""
+
+from pycri.api import api_pb2
+from pycri.daemon import Daemon
+
+
+async def handle(daemon: Daemon, request: api_pb2.ImageStatusRequest) -> api_pb2.ImageStatusResponse:
+    found = await daemon.images.status(request.image.image, verbose=request.verbose)
+    if found is None:
+        return api_pb2.ImageStatusResponse()
+    image, info = found
+    return api_pb2.ImageStatusResponse(image=image, info=info)
