@@ -162,6 +162,7 @@ class ImageService:
             await asyncio.shield(self.collect_garbage())
             raise
         self._release(protected)
+        self._fs_usage = None
         return record.id
 
     def _release(self, protected: list[str]) -> None:
