@@ -14,6 +14,7 @@ from pycri.hostinfo import HostInfo, collect_host_info
 from pycri.image.service import ImageService
 from pycri.network.cni import CniManager
 from pycri.network.cni_config import installed_default_config
+from pycri.sandbox.service import SandboxService
 from pycri.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Daemon:
     store: Store
     network: CniManager
     images: ImageService
+    sandboxes: SandboxService
     _lock_fd: int = -1
     _host_info: HostInfo | None = field(default=None, repr=False)
 
@@ -58,13 +60,17 @@ class Daemon:
             raise
         network = CniManager(config.cni.conf_dir, config.cni.bin_dirs, config.root_dir / "cni")
         images = ImageService(config, store)
-        return cls(config=config, store=store, network=network, images=images, _lock_fd=lock_fd)
+        sandboxes = SandboxService(config, store, network)
+        return cls(
+            config=config, store=store, network=network, images=images, sandboxes=sandboxes, _lock_fd=lock_fd
+        )
 
     async def start(self) -> None:
         """Bring the services up; runs before the socket accepts calls."""
         if self.config.cni.install_default_config:
             installed_default_config(self.config.cni.conf_dir, self.config.cni.default_subnet)
         await self.images.start()
+        await self.sandboxes.reconcile()
 
     def host_info(self) -> HostInfo:
         """Versions of the host's binaries, read once (they only change with a package upgrade)."""

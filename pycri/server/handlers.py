@@ -7,13 +7,30 @@ import grpc
 from pycri.daemon import Daemon
 from pycri.server.dispatch import Handler, service_handler
 from pycri.server.image import image_fs_info, image_status, list_images, pull_image, remove_image, stream_images
-from pycri.server.runtime import runtime_config, status, update_runtime_config, version
+from pycri.server.runtime import (
+    list_pod_sandbox,
+    pod_sandbox_status,
+    remove_pod_sandbox,
+    run_pod_sandbox,
+    runtime_config,
+    status,
+    stop_pod_sandbox,
+    stream_pod_sandboxes,
+    update_runtime_config,
+    version,
+)
 
 RUNTIME_SERVICE: dict[str, Handler] = {
     "Version": version.handle,
     "Status": status.handle,
     "RuntimeConfig": runtime_config.handle,
     "UpdateRuntimeConfig": update_runtime_config.handle,
+    "RunPodSandbox": run_pod_sandbox.handle,
+    "StopPodSandbox": stop_pod_sandbox.handle,
+    "RemovePodSandbox": remove_pod_sandbox.handle,
+    "PodSandboxStatus": pod_sandbox_status.handle,
+    "ListPodSandbox": list_pod_sandbox.handle,
+    "StreamPodSandboxes": stream_pod_sandboxes.handle,
 }
 
 IMAGE_SERVICE: dict[str, Handler] = {

@@ -1,0 +1,11 @@
+"""PodSandboxStatus: one sandbox's state and network; NOT_FOUND for an unknown id."""
+
+import time
+
+from pycri.api import api_pb2
+from pycri.daemon import Daemon
+
+
+async def handle(daemon: Daemon, request: api_pb2.PodSandboxStatusRequest) -> api_pb2.PodSandboxStatusResponse:
+    status, info = daemon.sandboxes.status(request.pod_sandbox_id, request.verbose)
+    return api_pb2.PodSandboxStatusResponse(status=status, info=info, timestamp=time.time_ns())
