@@ -1,0 +1,313 @@
+"""Driver for an OCI runtime CLI (runc, crun): state, start, kill, delete, exec, update.
+
+Container creation goes through conmon (pycri.oci.conmon); everything else is a
+direct call of the runtime binary. Each call gets its own JSON log file so the
+error message in an `OciRuntimeError` is the runtime's own last error line.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+# Processes forked by an exec'd command may keep its output pipes open after it exits;
+# exec_sync stops reading at most this long after the runtime has returned.
+EXEC_OUTPUT_DRAIN_SECONDS = 2.0
+# At an exec timeout the runtime may not have written the exec'd pid yet.
+EXEC_PID_FILE_GRACE_SECONDS = 2.0
+
+
+class OciRuntimeError(RuntimeError):
+    """The runtime failed; `detail` is its last error line (or stderr)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class ContainerNotFoundError(OciRuntimeError):
+    pass
+
+
+class ExecTimeoutError(OciRuntimeError):
+    """exec_sync ran past its timeout; the exec'd process group was killed."""
+
+
+class ContainerStatus(StrEnum):
+    CREATING = "creating"
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class RuntimeHandler:
+    name: str
+    path: Path
+    root: Path  # the runtime's state root (--root), e.g. <state dir>/runc
+    systemd_cgroup: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    id: str
+    status: ContainerStatus
+    pid: int  # 0 once stopped
+    bundle: Path
+
+
+@dataclass(frozen=True)
+class ProcessUser:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    """What to run in a container; unset fields come from the container's own process."""
+
+    args: Sequence[str]
+    env: Sequence[str] | None = None
+    cwd: str | None = None
+    user: ProcessUser | None = None
+    tty: bool = False
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class _Completed:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def exec_process(container_process: dict[str, Any], spec: ExecSpec) -> dict[str, Any]:
+    """The OCI process for an exec: the container's process (capabilities, apparmor,
+    no_new_privileges, rlimits, user, env, cwd) with the exec's args and overrides."""
+    process = json.loads(json.dumps(container_process))
+    process["args"] = list(spec.args)
+    process["terminal"] = spec.tty
+    process.pop("consoleSize", None)
+    if spec.env is not None:
+        process["env"] = list(spec.env)
+    if spec.cwd is not None:
+        process["cwd"] = spec.cwd
+    if spec.user is not None:
+        user: dict[str, Any] = {"uid": spec.user.uid, "gid": spec.user.gid}
+        if spec.user.additional_gids:
+            user["additionalGids"] = list(spec.user.additional_gids)
+        process["user"] = user
+    return process
+
+
+def last_error_line(log_text: str) -> str:
+    """The message of the last error/fatal entry in a runtime's JSON log ("" if none)."""
+    message = ""
+    for line in log_text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            message = str(entry.get("msg", ""))
+    return message
+
+
+def parse_state(raw: dict[str, Any]) -> ContainerState:
+    return ContainerState(
+        id=raw["id"],
+        status=ContainerStatus(raw["status"]),
+        pid=int(raw.get("pid") or 0),
+        bundle=Path(raw["bundle"]),
+    )
+
+
+class OciRuntime:
+    def __init__(self, handler: RuntimeHandler) -> None:
+        self.handler = handler
+
+    async def state(self, container_id: str) -> ContainerState | None:
+        try:
+            completed = await self._run(["state", container_id], container_id)
+        except ContainerNotFoundError:
+            return None
+        return parse_state(json.loads(completed.stdout))
+
+    async def list_containers(self) -> list[ContainerState]:
+        completed = await self._run(["list", "--format", "json"])
+        return [parse_state(raw) for raw in json.loads(completed.stdout) or []]
+
+    async def start(self, container_id: str) -> None:
+        await self._run(["start", container_id], container_id)
+        log.info("container started", extra={"fields": {"container_id": container_id}})
+
+    async def kill(self, container_id: str, signal_number: int, all_processes: bool = False) -> None:
+        """Send a signal. No error when the container has already stopped."""
+        args = ["kill", *(["--all"] if all_processes else []), container_id, str(signal_number)]
+        try:
+            await self._run(args, container_id)
+        except ContainerNotFoundError:
+            raise
+        except OciRuntimeError:
+            state = await self.state(container_id)
+            if state is None or state.status != ContainerStatus.STOPPED:
+                raise
+
+    async def delete(self, container_id: str, force: bool = False) -> None:
+        """Remove the runtime's state of a container. No error when it is already gone."""
+        with contextlib.suppress(ContainerNotFoundError):
+            await self._run(["delete", *(["--force"] if force else []), container_id], container_id)
+            log.info("container deleted", extra={"fields": {"container_id": container_id}})
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """Apply an OCI LinuxResources object to a running container."""
+        # A file rather than "-": crun's --resources takes a path only.
+        with tempfile.NamedTemporaryFile("w", prefix="pycri-resources-", suffix=".json") as resources_file:
+            json.dump(resources, resources_file)
+            resources_file.flush()
+            await self._run(["update", "--resources", resources_file.name, container_id], container_id)
+
+    async def pause(self, container_id: str) -> None:
+        await self._run(["pause", container_id], container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._run(["resume", container_id], container_id)
+
+    async def features(self) -> dict[str, Any] | None:
+        """`<runtime> features` (None when the runtime does not implement it)."""
+        try:
+            completed = await self._run(["features"])
+        except OciRuntimeError:
+            return None
+        return json.loads(completed.stdout)
+
+    async def version(self) -> str:
+        completed = await self._run(["--version"])
+        text = completed.stdout.decode(errors="replace")
+        found = re.search(r"version\s+(\S+)", text)
+        return found.group(1) if found else text.strip().splitlines()[0]
+
+    async def exec_sync(self, container_id: str, spec: ExecSpec, timeout: float | None = None) -> ExecResult:
+        """Run a process in the container and wait for it; at `timeout` seconds the
+        process and its process group are killed and ExecTimeoutError is raised."""
+        if spec.tty:
+            raise ValueError("exec_sync does not allocate a terminal")
+        state = await self.state(container_id)
+        if state is None:
+            raise ContainerNotFoundError(f"{self.handler.name} exec {container_id}: container does not exist")
+        config = await asyncio.to_thread((state.bundle / "config.json").read_text)
+        process = exec_process(json.loads(config)["process"], spec)
+        with tempfile.TemporaryDirectory(prefix="pycri-exec-") as workdir:
+            process_file = Path(workdir, "process.json")
+            process_file.write_text(json.dumps(process))
+            pid_file = Path(workdir, "exec.pid")
+            log_file = Path(workdir, "runtime.log")
+            args = ["exec", "--process", str(process_file), "--pid-file", str(pid_file), container_id]
+            proc = await asyncio.create_subprocess_exec(
+                *self._command(log_file, args),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            stdout, stderr = bytearray(), bytearray()
+            assert proc.stdout is not None and proc.stderr is not None
+            readers = asyncio.gather(_collect(proc.stdout, stdout), _collect(proc.stderr, stderr))
+            timed_out = False
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                timed_out = True
+                await _kill_exec(proc, pid_file)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(readers, EXEC_OUTPUT_DRAIN_SECONDS)
+            error_line = last_error_line(log_file.read_text()) if log_file.exists() else ""
+        if timed_out:
+            raise ExecTimeoutError(f"{self.handler.name} exec {container_id}: timed out after {timeout}s", "timeout")
+        if error_line:
+            if await self.state(container_id) is None:
+                raise ContainerNotFoundError(f"{self.handler.name} exec {container_id}: {error_line}", error_line)
+            raise OciRuntimeError(f"{self.handler.name} exec {container_id}: {error_line}", error_line)
+        assert proc.returncode is not None
+        return ExecResult(exit_code=proc.returncode, stdout=bytes(stdout), stderr=bytes(stderr))
+
+    def global_args(self) -> list[str]:
+        """Arguments that go before the subcommand on every call of the runtime."""
+        return ["--root", str(self.handler.root), *(["--systemd-cgroup"] if self.handler.systemd_cgroup else [])]
+
+    def _command(self, log_file: Path, args: Sequence[str]) -> list[str]:
+        return [str(self.handler.path), *self.global_args(), "--log", str(log_file), "--log-format", "json", *args]
+
+    async def _run(self, args: Sequence[str], container_id: str | None = None) -> _Completed:
+        fd, log_name = tempfile.mkstemp(prefix="pycri-runtime-", suffix=".log")
+        os.close(fd)
+        log_file = Path(log_name)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command(log_file, args),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            stdout, stderr = await proc.communicate()
+            error_line = last_error_line(log_file.read_text())
+        finally:
+            log_file.unlink(missing_ok=True)
+        assert proc.returncode is not None
+        if proc.returncode == 0:
+            return _Completed(proc.returncode, stdout, stderr)
+        detail = error_line or stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        message = f"{self.handler.name} {args[0]}{' ' + container_id if container_id else ''}: {detail}"
+        if container_id is not None and not (self.handler.root / container_id).exists():
+            raise ContainerNotFoundError(message, detail)
+        raise OciRuntimeError(message, detail)
+
+
+async def _collect(stream: asyncio.StreamReader, sink: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        room = EXEC_OUTPUT_LIMIT - len(sink)
+        if room > 0:
+            sink += chunk[:room]
+
+
+async def _kill_exec(runtime_proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+    """Kill an exec'd process and its process group (runc and crun make it a session
+    leader), then the runtime call waiting for it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EXEC_PID_FILE_GRACE_SECONDS
+    while runtime_proc.returncode is None and not pid_file.exists() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    # The runtime is the exec'd process's parent: while it runs, the pid cannot be reused.
+    if runtime_proc.returncode is None and pid_file.exists():
+        pid_text = pid_file.read_text().strip()
+        pid = int(pid_text) if re.fullmatch(r"[0-9]+", pid_text) else 0
+        if pid > 0:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(runtime_proc.wait(), EXEC_PID_FILE_GRACE_SECONDS)
+    except TimeoutError:
+        runtime_proc.kill()
+        await runtime_proc.wait()
