@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycri.config import Config
+from pycri.container.service import ContainerService
 from pycri.hostinfo import HostInfo, collect_host_info
 from pycri.image.service import ImageService
 from pycri.network.cni import CniManager
 from pycri.network.cni_config import installed_default_config
+from pycri.sandbox.metadata import SandboxRecord
 from pycri.sandbox.service import SandboxService
 from pycri.state.store import Store
 
@@ -45,6 +47,7 @@ class Daemon:
     network: CniManager
     images: ImageService
     sandboxes: SandboxService
+    containers: ContainerService
     _lock_fd: int = -1
     _host_info: HostInfo | None = field(default=None, repr=False)
 
@@ -61,9 +64,11 @@ class Daemon:
         network = CniManager(config.cni.conf_dir, config.cni.bin_dirs, config.root_dir / "cni")
         images = ImageService(config, store)
         sandboxes = SandboxService(config, store, network)
-        return cls(
-            config=config, store=store, network=network, images=images, sandboxes=sandboxes, _lock_fd=lock_fd
-        )
+        containers = ContainerService(config, store, images, sandboxes)
+        daemon = cls(config, store, network, images, sandboxes, containers, _lock_fd=lock_fd)
+        sandboxes.add_stop_hook(daemon._stop_pod_containers)
+        sandboxes.add_remove_hook(daemon._remove_pod_containers)
+        return daemon
 
     async def start(self) -> None:
         """Bring the services up; runs before the socket accepts calls."""
@@ -71,6 +76,16 @@ class Daemon:
             installed_default_config(self.config.cni.conf_dir, self.config.cni.default_subnet)
         await self.images.start()
         await self.sandboxes.reconcile()
+        await self.containers.load()
+
+    async def _stop_pod_containers(self, sandbox: SandboxRecord) -> None:
+        """StopPodSandbox ends every container of the pod at once, as CRI asks."""
+        for container in self.containers.in_sandbox(sandbox.id):
+            await self.containers.stop(container.id, timeout=0)
+
+    async def _remove_pod_containers(self, sandbox: SandboxRecord) -> None:
+        for container in self.containers.in_sandbox(sandbox.id):
+            await self.containers.remove(container.id)
 
     def host_info(self) -> HostInfo:
         """Versions of the host's binaries, read once (they only change with a package upgrade)."""

@@ -8,14 +8,24 @@ from pycri.daemon import Daemon
 from pycri.server.dispatch import Handler, service_handler
 from pycri.server.image import image_fs_info, image_status, list_images, pull_image, remove_image, stream_images
 from pycri.server.runtime import (
+    container_status,
+    create_container,
+    exec_sync,
+    list_containers,
     list_pod_sandbox,
     pod_sandbox_status,
+    remove_container,
     remove_pod_sandbox,
+    reopen_container_log,
     run_pod_sandbox,
     runtime_config,
+    start_container,
     status,
+    stop_container,
     stop_pod_sandbox,
+    stream_containers,
     stream_pod_sandboxes,
+    update_container_resources,
     update_runtime_config,
     version,
 )
@@ -31,6 +41,16 @@ RUNTIME_SERVICE: dict[str, Handler] = {
     "PodSandboxStatus": pod_sandbox_status.handle,
     "ListPodSandbox": list_pod_sandbox.handle,
     "StreamPodSandboxes": stream_pod_sandboxes.handle,
+    "CreateContainer": create_container.handle,
+    "StartContainer": start_container.handle,
+    "StopContainer": stop_container.handle,
+    "RemoveContainer": remove_container.handle,
+    "ContainerStatus": container_status.handle,
+    "ListContainers": list_containers.handle,
+    "StreamContainers": stream_containers.handle,
+    "ExecSync": exec_sync.handle,
+    "UpdateContainerResources": update_container_resources.handle,
+    "ReopenContainerLog": reopen_container_log.handle,
 }
 
 IMAGE_SERVICE: dict[str, Handler] = {

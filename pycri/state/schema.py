@@ -53,4 +53,29 @@ MIGRATIONS: list[str] = [
         pause_pid INTEGER                 -- PID 1 of a shared PID namespace, if the pod has one
     );
     """,
+    # 3: containers. The whole ContainerConfig is kept as serialized proto bytes.
+    """
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY,              -- 64 hex digits
+        sandbox_id TEXT NOT NULL REFERENCES sandboxes(id),
+        name TEXT NOT NULL UNIQUE,        -- <name>_<pod name>_<pod namespace>_<pod uid>_<attempt>
+        config BLOB NOT NULL,             -- runtime.v1.ContainerConfig
+        image_id TEXT NOT NULL,
+        image_ref TEXT NOT NULL,          -- the image as the caller named it
+        state TEXT NOT NULL CHECK (state IN ('created', 'running', 'exited')),
+        created_at INTEGER NOT NULL,      -- ns since the epoch
+        started_at INTEGER NOT NULL DEFAULT 0,
+        finished_at INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL DEFAULT '',
+        pid INTEGER NOT NULL DEFAULT 0,
+        log_path TEXT NOT NULL,
+        runtime_handler TEXT NOT NULL,
+        cgroups_path TEXT NOT NULL,
+        stop_signal INTEGER NOT NULL,
+        resources BLOB                    -- runtime.v1.LinuxContainerResources after updates
+    );
+    CREATE INDEX containers_by_sandbox ON containers(sandbox_id);
+    """,
 ]

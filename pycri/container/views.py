@@ -1,0 +1,74 @@
+"""Container records as CRI messages: status, list entries, filters."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.json_format import MessageToDict
+
+from pycri.api import api_pb2
+from pycri.container.metadata import ContainerRecord, ContainerState
+from pycri.container.signals import signal_enum
+
+
+def container_entry(record: ContainerRecord) -> api_pb2.Container:
+    return api_pb2.Container(
+        id=record.id,
+        pod_sandbox_id=record.sandbox_id,
+        metadata=record.config.metadata,
+        image=api_pb2.ImageSpec(image=record.image_ref),
+        image_ref=record.image_id,
+        image_id=record.image_id,
+        state=record.state.proto,
+        created_at=record.created_at,
+        labels=record.config.labels,
+        annotations=record.config.annotations,
+    )
+
+
+def container_status(record: ContainerRecord) -> api_pb2.ContainerStatus:
+    status = api_pb2.ContainerStatus(
+        id=record.id,
+        metadata=record.config.metadata,
+        state=record.state.proto,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        exit_code=record.exit_code,
+        image=api_pb2.ImageSpec(image=record.image_ref),
+        image_ref=record.image_id,
+        image_id=record.image_id,
+        reason=record.reason,
+        message=record.message,
+        labels=record.config.labels,
+        annotations=record.config.annotations,
+        mounts=record.config.mounts,
+        log_path=record.log_path,
+        stop_signal=signal_enum(record.stop_signal),
+    )
+    resources = record.resources or record.config.linux.resources
+    status.resources.linux.CopyFrom(resources)
+    return status
+
+
+def verbose_info(record: ContainerRecord, spec: dict[str, object] | None) -> dict[str, str]:
+    info = {
+        "sandboxID": record.sandbox_id,
+        "pid": record.pid if record.state is ContainerState.RUNNING else 0,
+        "runtimeHandler": record.runtime_handler,
+        "cgroupsPath": record.cgroups_path,
+        "config": MessageToDict(record.config),
+        "runtimeSpec": spec,
+    }
+    return {"info": json.dumps(info)}
+
+
+def matches(record: ContainerRecord, wanted: api_pb2.ContainerFilter, full_id: str | None) -> bool:
+    """ListContainers' filter: id (already resolved from a prefix), state, pod, labels."""
+    if wanted.id and record.id != full_id:
+        return False
+    if wanted.HasField("state") and record.state.proto != wanted.state.state:
+        return False
+    if wanted.pod_sandbox_id and not record.sandbox_id.startswith(wanted.pod_sandbox_id):
+        return False
+    return all(record.config.labels.get(key) == value for key, value in wanted.label_selector.items())
