@@ -38,7 +38,7 @@ from pycri.oci import conmon
 from pycri.oci.runtime import OciRuntime, OciRuntimeError, RuntimeHandler
 from pycri.oci.spec import ContainerSpecInput, SandboxPaths, container_spec
 from pycri.oci.spec_mounts import missing_bind_sources
-from pycri.sandbox.metadata import SandboxRecord, resolve_id
+from pycri.sandbox.metadata import AmbiguousId, SandboxRecord, resolve_id
 from pycri.sandbox.undo import UndoStack
 from pycri.state.store import Store
 
@@ -101,7 +101,10 @@ class ContainerService:
     def find(self, container_id: str) -> ContainerRecord | None:
         if not container_id:
             raise InvalidArgument("container_id: empty")
-        full = resolve_id(container_id, self._records)
+        try:
+            full = resolve_id(container_id, self._records)
+        except AmbiguousId as exc:
+            raise InvalidArgument(str(exc)) from None
         return None if full is None else self._records[full]
 
     def get(self, container_id: str) -> ContainerRecord:

@@ -8,11 +8,15 @@ from pycri.daemon import Daemon
 from pycri.server.dispatch import Handler, service_handler
 from pycri.server.image import image_fs_info, image_status, list_images, pull_image, remove_image, stream_images
 from pycri.server.runtime import (
+    container_stats,
     container_status,
     create_container,
     exec_sync,
+    list_container_stats,
     list_containers,
     list_pod_sandbox,
+    list_pod_sandbox_stats,
+    pod_sandbox_stats,
     pod_sandbox_status,
     remove_container,
     remove_pod_sandbox,
@@ -23,7 +27,9 @@ from pycri.server.runtime import (
     status,
     stop_container,
     stop_pod_sandbox,
+    stream_container_stats,
     stream_containers,
+    stream_pod_sandbox_stats,
     stream_pod_sandboxes,
     update_container_resources,
     update_runtime_config,
@@ -51,6 +57,12 @@ RUNTIME_SERVICE: dict[str, Handler] = {
     "ExecSync": exec_sync.handle,
     "UpdateContainerResources": update_container_resources.handle,
     "ReopenContainerLog": reopen_container_log.handle,
+    "ContainerStats": container_stats.handle,
+    "ListContainerStats": list_container_stats.handle,
+    "StreamContainerStats": stream_container_stats.handle,
+    "PodSandboxStats": pod_sandbox_stats.handle,
+    "ListPodSandboxStats": list_pod_sandbox_stats.handle,
+    "StreamPodSandboxStats": stream_pod_sandbox_stats.handle,
 }
 
 IMAGE_SERVICE: dict[str, Handler] = {
