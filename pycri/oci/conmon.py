@@ -157,11 +157,8 @@ async def create_container(req: ConmonCreate) -> ConmonProcess:
                 "container create failed", extra={"fields": {"container_id": req.container_id, "error": str(error)}}
             )
         raise
-    log.info(
-        "container created",
-        extra={"fields": {"container_id": req.container_id, "conmon_pid": outcome.conmon_pid,
-                          "container_pid": outcome.container_pid}},
-    )  # fmt: skip
+    fields = {"container_id": req.container_id, "conmon_pid": outcome.conmon_pid, "pid": outcome.container_pid}
+    log.info("container created", extra={"fields": fields})
     return outcome
 
 

@@ -238,6 +238,10 @@ class OciRuntime:
             except TimeoutError:
                 timed_out = True
                 await _kill_exec(proc, pid_file)
+            except asyncio.CancelledError:
+                readers.cancel()
+                await _kill_exec(proc, pid_file)
+                raise
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(readers, EXEC_OUTPUT_DRAIN_SECONDS)
             error_line = last_error_line(log_file.read_text()) if log_file.exists() else ""
@@ -290,8 +294,8 @@ async def _collect(stream: asyncio.StreamReader, sink: bytearray) -> None:
 
 
 async def _kill_exec(runtime_proc: asyncio.subprocess.Process, pid_file: Path) -> None:
-    """Kill an exec'd process and its process group (runc and crun make it a session
-    leader), then the runtime call waiting for it."""
+    """Kill an exec'd process with its process group (runc makes it a session leader;
+    if it leads no group, the process alone), then the runtime call waiting for it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + EXEC_PID_FILE_GRACE_SECONDS
     while runtime_proc.returncode is None and not pid_file.exists() and loop.time() < deadline:
