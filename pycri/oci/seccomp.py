@@ -243,8 +243,10 @@ def convert_profile(data: Any, capabilities: Collection[str], machine: str, kern
             if not isinstance(data[key], str):
                 raise ProfileError(f"{key} must be a string")
             profile[key] = data[key]
-    entries = data.get("syscalls") or []
-    if not isinstance(entries, list):
+    entries = data.get("syscalls")
+    if entries is None:
+        entries = []
+    elif not isinstance(entries, list):
         raise ProfileError("syscalls must be a list")
     rules = [_syscall_rule(entry, capabilities, machine, kernel, f"syscalls[{n}]") for n, entry in enumerate(entries)]
     profile["syscalls"] = [rule for rule in rules if rule is not None]

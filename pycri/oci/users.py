@@ -104,8 +104,12 @@ def read_rootfs_file(rootfs: Path, path: str) -> str | None:
         os.close(path_fd)
 
 
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone accepts "²" and other digits int() refuses
+
+
 def _parse_id(text: str) -> int | None:
-    if not text.isdigit():
+    if not _is_number(text):
         return None
     value = int(text)
     return value if value <= MAX_ID else None
@@ -150,7 +154,7 @@ def resolve_user(rootfs: Path, user_spec: str) -> ResolvedUser:
         raise SpecError(f"cannot read the image's users and groups: {err}") from err
 
     entry: PasswdEntry | None
-    if user_part == "" or user_part.isdigit():
+    if user_part == "" or _is_number(user_part):
         uid = _parse_id(user_part or "0")
         if uid is None:
             raise SpecError(f"user id {user_part} is out of range")
@@ -163,7 +167,7 @@ def resolve_user(rootfs: Path, user_spec: str) -> ResolvedUser:
 
     if group_part == "":
         gid = entry.gid if entry else 0
-    elif group_part.isdigit():
+    elif _is_number(group_part):
         parsed_gid = _parse_id(group_part)
         if parsed_gid is None:
             raise SpecError(f"group id {group_part} is out of range")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -311,3 +312,97 @@ def test_pause_spec_runs_as_pid_one_without_capabilities(bench: Bench) -> None:
     assert _status_field(result.stdout, "Seccomp") == "2"
     assert "65534" in result.stdout.splitlines()
     assert "ro" in result.stdout.splitlines()
+
+
+def test_memory_and_cpu_limits_reach_the_cgroup(bench: Bench) -> None:
+    config = _config("cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+    config.linux.resources.memory_limit_in_bytes = 64 * 1024 * 1024
+    config.linux.resources.cpu_quota = 50000
+    config.linux.resources.cpu_period = 100000
+    config.linux.resources.cpu_shares = 512
+    host = probe_host()
+    if host.cgroup_unified:
+        config.command[-1] = "cat /sys/fs/cgroup/memory.max; cut -d' ' -f1 /sys/fs/cgroup/cpu.max"
+    result = bench.run(_spec(bench, config), "limits")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(64 * 1024 * 1024), "50000"]
+
+
+@pytest.fixture
+def nested_mount(bench: Bench) -> Iterator[Path]:
+    """A host directory with a tmpfs mounted inside it, to tell recursive read-only from plain read-only."""
+    data = bench.base / "data"
+    (data / "inner").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "inner", str(data / "inner")], check=True)
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", str(data / "inner")], check=True)
+
+
+@pytest.mark.parametrize(("recursive", "inner_writable"), [(False, True), (True, False)])
+def test_readonly_bind_mounts_plain_and_recursive(
+    bench: Bench, nested_mount: Path, recursive: bool, inner_writable: bool
+) -> None:
+    config = _config("touch /data/top; echo top=$?; touch /data/inner/file; echo inner=$?")
+    config.mounts.append(
+        api_pb2.Mount(container_path="/data", host_path=str(nested_mount), readonly=True, recursive_read_only=recursive)
+    )
+    result = bench.run(_spec(bench, config), "rro" if recursive else "ro")
+    assert result.returncode == 0, result.stderr
+    assert "top=1" in result.stdout
+    assert f"inner={0 if inner_writable else 1}" in result.stdout
+    assert (nested_mount / "inner" / "file").exists() is inner_writable
+
+
+@pytest.fixture
+def shared_mount(bench: Bench) -> Iterator[Path]:
+    shared = bench.base / "shared"
+    shared.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "shared", str(shared)], check=True)
+    subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+    (shared / "inner").mkdir()
+    try:
+        yield shared
+    finally:
+        if os.path.ismount(shared / "inner"):
+            subprocess.run(["umount", str(shared / "inner")], check=True)
+        subprocess.run(["umount", str(shared)], check=True)
+
+
+def test_host_to_container_propagation_shows_later_host_mounts(bench: Bench, shared_mount: Path) -> None:
+    # The loop bounds the wait so that a broken propagation ends the container instead of hanging the test.
+    wait_for_flag = "i=0; while [ ! -e /data/inner/flag ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"
+    script = f"echo ready; {wait_for_flag}; ls /data/inner"
+    config = _config(script)
+    config.mounts.append(
+        api_pb2.Mount(
+            container_path="/data", host_path=str(shared_mount), propagation=api_pb2.PROPAGATION_HOST_TO_CONTAINER
+        )
+    )
+    spec = _spec(bench, config)
+    assert spec["linux"]["rootfsPropagation"] == "rslave"
+    bundle = bench.base / "bundle-propagation"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(spec))
+    container_id = f"propagation-{uuid.uuid4().hex[:8]}"
+    runc = subprocess.Popen(
+        ["runc", "--root", str(bench.runc_root), "run", "-b", str(bundle), container_id],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert runc.stdout is not None
+        assert runc.stdout.readline() == "ready\n"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "late", str(shared_mount / "inner")], check=True)
+        (shared_mount / "inner" / "flag").write_text("")
+        stdout, stderr = runc.communicate(timeout=120)
+    finally:
+        if runc.poll() is None:
+            subprocess.run(["runc", "--root", str(bench.runc_root), "delete", "--force", container_id], check=False)
+            runc.kill()
+            runc.wait()
+    assert runc.returncode == 0, stderr
+    assert stdout.split() == ["flag"]
