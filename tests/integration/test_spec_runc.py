@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -406,3 +406,37 @@ def test_host_to_container_propagation_shows_later_host_mounts(bench: Bench, sha
             runc.wait()
     assert runc.returncode == 0, stderr
     assert stdout.split() == ["flag"]
+
+
+@pytest.fixture
+def pinned_namespaces(bench: Bench) -> Iterator[dict[str, Path]]:
+    """Network, IPC and UTS namespaces pinned on files by util-linux unshare, as the sandbox service pins them."""
+    directory = bench.base / "ns"
+    directory.mkdir()
+    pinned = {kind: directory / kind for kind in ("net", "ipc", "uts")}
+    for path in pinned.values():
+        path.touch()
+    subprocess.run(["unshare", *(f"--{kind}={path}" for kind, path in pinned.items()), "true"], check=True)
+    try:
+        yield pinned
+    finally:
+        for path in pinned.values():
+            subprocess.run(["umount", str(path)], check=True)
+
+
+def test_containers_join_pinned_namespaces_and_get_the_pod_hostname(
+    bench: Bench, pinned_namespaces: dict[str, Path]
+) -> None:
+    bench.paths = replace(
+        bench.paths, netns=pinned_namespaces["net"], ipc=pinned_namespaces["ipc"], uts=pinned_namespaces["uts"]
+    )
+    script = "cat /proc/sys/kernel/hostname; ls /sys/class/net; readlink /proc/self/ns/net; readlink /proc/self/ns/ipc"
+    spec = _spec(bench, _config(script))
+    assert spec["hostname"] == "spec-test-pod"
+    result = bench.run(spec, "joined")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    assert lines[0] == "spec-test-pod"
+    assert lines[1] == "lo"  # a fresh network namespace has only loopback
+    inodes = [os.stat(pinned_namespaces[kind]).st_ino for kind in ("net", "ipc")]
+    assert lines[2:4] == [f"net:[{inodes[0]}]", f"ipc:[{inodes[1]}]"]
