@@ -260,6 +260,10 @@ class SandboxService:
             raise Unavailable(f"pod network setup failed: {exc}") from exc
 
     async def _detach_network(self, record: SandboxRecord) -> None:
+        assert record.netns_path is not None
+        if not is_namespace_pinned(record.netns_path):
+            # An unpinned namespace file is no namespace: plugins must get no CNI_NETNS, not this file.
+            await asyncio.to_thread(remove_namespace, record.netns_path)
         try:
             await self._network.delete(self._attachment(record))
         except CniError as exc:
