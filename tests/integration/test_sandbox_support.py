@@ -180,13 +180,14 @@ class Pods:
 
 
 @contextlib.contextmanager
-def pods_on(node: Node) -> Iterator[Pods]:
+def pods_on(node: Node, *, remove_at_exit: bool = True) -> Iterator[Pods]:
     with node.daemon.channel() as channel:
         pods = Pods(node, channel)
         try:
             yield pods
         finally:
-            pods.remove_all()
+            if remove_at_exit:
+                pods.remove_all()
 
 
 def rpc_error(call: Any, *args: Any) -> grpc.RpcError:
