@@ -63,7 +63,7 @@ class Daemon:
             raise
         network = CniManager(config.cni.conf_dir, config.cni.bin_dirs, config.root_dir / "cni")
         images = ImageService(config, store)
-        sandboxes = SandboxService(config, store, network)
+        sandboxes = SandboxService(config, store, network, images)
         containers = ContainerService(config, store, images, sandboxes)
         daemon = cls(config, store, network, images, sandboxes, containers, _lock_fd=lock_fd)
         sandboxes.add_stop_hook(daemon._stop_pod_containers)

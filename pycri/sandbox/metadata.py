@@ -82,6 +82,11 @@ class SandboxRecord:
         return self.namespace_options.pid == api_pb2.NamespaceMode.NODE
 
     @property
+    def shared_pid(self) -> bool:
+        """The pod's containers share one PID namespace, whose PID 1 is the pause process."""
+        return self.namespace_options.pid == api_pb2.NamespaceMode.POD
+
+    @property
     def hostname_path(self) -> Path:
         return self.root_dir / HOSTNAME_FILE
 

@@ -25,12 +25,15 @@ from pathlib import Path
 
 from pycri.api import api_pb2
 from pycri.config import Config
-from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, Unimplemented
+from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pycri.image.service import ImageService
 from pycri.network.cni import CniManager, CniNotReady, CniResult, PodAttachment, PortMapping
 from pycri.network.cni_exec import CniError, CniPluginNotFound
 from pycri.network.netns import create_namespace, is_namespace_pinned, remove_namespace
+from pycri.oci.runtime import OciRuntimeError
 from pycri.sandbox.files import write_hostname, write_hosts, write_resolv_conf
 from pycri.sandbox.metadata import AmbiguousId, SandboxRecord, SandboxRows, SandboxState, resolve_id
+from pycri.sandbox.pause import PauseProcesses
 from pycri.sandbox.plan import SandboxPlan, cgroup_parent, check_host_ports, plan_sandbox, port_mappings
 from pycri.sandbox.shm import mount_shm, unmount_shm
 from pycri.sandbox.sysctls import apply_sysctls
@@ -54,9 +57,10 @@ def _remove_dir_if_empty(path: Path) -> None:
 
 
 class SandboxService:
-    def __init__(self, config: Config, store: Store, network: CniManager) -> None:
+    def __init__(self, config: Config, store: Store, network: CniManager, images: ImageService) -> None:
         self._config = config
         self._network = network
+        self._pause = PauseProcesses(config, images)
         self._root = config.root_dir / "sandboxes"
         self._state_root = config.state_dir / "sandboxes"
         self._rows = SandboxRows(store, self._root, self._state_root)
@@ -94,7 +98,9 @@ class SandboxService:
             except AmbiguousId as exc:
                 raise InvalidArgument(str(exc)) from None
             record = self._records.get(found) if found else None
-        return None if record is None or record.state is SandboxState.CREATING else record
+        if record is None or record.state is SandboxState.CREATING:
+            return None
+        return self._noticing_pause_exit(record)
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         record = self.find(sandbox_id)
@@ -124,18 +130,21 @@ class SandboxService:
         return [sandbox_summary(record) for record in candidates if matches(record, sandbox_filter)]
 
     def _visible(self) -> Iterator[SandboxRecord]:
-        return (r for r in self._records.values() if r.state is not SandboxState.CREATING)
+        return (self._noticing_pause_exit(r) for r in self._records.values() if r.state is not SandboxState.CREATING)
+
+    def _noticing_pause_exit(self, record: SandboxRecord) -> SandboxRecord:
+        """A pod whose pause process ended (and its PID namespace with it) is not ready any more.
+        Only in memory: the row follows at the next start, which sees the same exit file."""
+        if record.state is SandboxState.READY and record.shared_pid and self._pause.exited(record):
+            record.state = SandboxState.NOTREADY
+            log.warning("pause process of a pod sandbox exited", extra={"fields": {"id": record.id}})
+        return record
 
     # ---- RunPodSandbox ----
 
     async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> SandboxRecord:
         started = time.monotonic()
         plan = plan_sandbox(config, runtime_handler, self._config)
-        if plan.shared_pid:
-            raise Unimplemented(
-                "pods whose containers share one PID namespace (namespace_options.pid POD, the default) need "
-                "a pause process, which pycri cannot start yet; set namespace_options.pid to CONTAINER"
-            )
         record = self._new_record(secrets.token_hex(32), config, plan)
         async with self._names_lock:
             holder = self._names.get(record.name)
@@ -196,6 +205,8 @@ class SandboxService:
             undo.push_async("detach the pod network", partial(self._detach_network, record))
             record.ips = result.ips
             record.cni_result = dict(result.raw)
+        if plan.shared_pid:
+            record.pause_pid = await self._pause.start(record, undo)
         await asyncio.to_thread(self._finish_host_side, record, plan)
         record.state = SandboxState.READY
 
@@ -312,12 +323,17 @@ class SandboxService:
             await hook(record)
         if record.torn_down:
             return
+        if record.shared_pid:
+            try:
+                await self._pause.stop(record)
+            except OciRuntimeError as exc:
+                raise FailedPrecondition(f"stop the pod's pause process: {exc}") from exc
         if record.netns_path is not None:
             await self._detach_network(record)
         await asyncio.to_thread(self._release_host_side, record)
-        stopped = dataclasses.replace(record, state=SandboxState.NOTREADY, ips=())
+        stopped = dataclasses.replace(record, state=SandboxState.NOTREADY, ips=(), pause_pid=None)
         await asyncio.to_thread(self._rows.update, stopped)
-        record.state, record.ips, record.torn_down = SandboxState.NOTREADY, (), True
+        record.state, record.ips, record.pause_pid, record.torn_down = SandboxState.NOTREADY, (), None, True
         log.info("pod sandbox stopped", extra={"fields": {"id": record.id, "name": record.name}})
 
     def _release_host_side(self, record: SandboxRecord) -> None:
@@ -368,8 +384,8 @@ class SandboxService:
                 "cleanup of an interrupted pod sandbox failed", extra={"fields": {"id": record.id, "error": str(exc)}}
             )
 
-    @staticmethod
-    def _host_side_intact(record: SandboxRecord) -> bool:
+    def _host_side_intact(self, record: SandboxRecord) -> bool:
         pins = [p for p in (record.netns_path, record.ipc_path, record.uts_path) if p is not None]
         shm_ok = record.shm_path is None or os.path.ismount(record.shm_path)
-        return shm_ok and all(is_namespace_pinned(pin) for pin in pins)
+        pause_ok = not record.shared_pid or not self._pause.exited(record)
+        return shm_ok and pause_ok and all(is_namespace_pinned(pin) for pin in pins)
