@@ -207,13 +207,6 @@ def test_unknown_runtime_handler_is_invalid(pods: Pods) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "no-such-handler" in error.details()
 
 
-def test_shared_pid_pods_are_not_faked(pods: Pods) -> None:
-    config = pod_config("shared-pid")
-    config.linux.security_context.namespace_options.pid = api_pb2.NamespaceMode.POD
-    error = rpc_error(pods.run, config)
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED and "pause" in error.details()
-
-
 def test_list_filters(pods: Pods) -> None:
     front = pods.run(pod_config("front", labels={"tier": "front", "app": "shop"}))
     back = pods.run(pod_config("back", labels={"tier": "back", "app": "shop"}))
