@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from pycri.api import api_pb2
 from tests.integration.test_sandbox_support import Node, Pods, pod_config, pods_on, rpc_error, running_node
 from tests.support.busybox_images import TestImages
+from tests.support.crictl import crictl_ok, needs_crictl
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +135,21 @@ def test_missing_pause_image_undoes_everything(registry: object, test_images: Te
         assert broken.network.ip_files() == [] and broken.sandbox_mounts() == [] and broken.sandbox_dirs() == []
         assert pods.list() == []
         assert runc_ids(broken).split() == []
+
+
+@needs_crictl
+def test_crictl_default_pod_gets_a_pause_process(node: Node, tmp_path: Path) -> None:
+    """crictl's plainest pod sets no namespace options, so its PID namespace is shared."""
+    pod_file = tmp_path / "pod.json"
+    metadata = {"name": "crictl-default", "namespace": "sandbox-test", "uid": "crictl-default-uid"}
+    pod_file.write_text(json.dumps({"metadata": metadata, "log_directory": str(tmp_path / "logs")}))
+    endpoint = node.daemon.endpoint
+    sandbox_id = crictl_ok(endpoint, "runp", str(pod_file)).strip()
+    inspected = json.loads(crictl_ok(endpoint, "inspectp", sandbox_id))
+    assert inspected["status"]["state"] == "SANDBOX_READY"
+    pid = inspected["info"]["pid"]
+    assert pid > 0 and pid_in_its_namespace(pid) == 1
+    crictl_ok(endpoint, "stopp", sandbox_id)
+    wait_until_gone(pid)
+    crictl_ok(endpoint, "rmp", sandbox_id)
+    assert sandbox_id not in runc_ids(node) and node.sandbox_dirs() == []
