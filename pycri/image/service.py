@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import os
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pycri.api import api_pb2
@@ -31,6 +34,22 @@ FS_USAGE_MAX_AGE_SECONDS = 10.0
 _HEX = frozenset("0123456789abcdef")
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """What storing an image takes, wherever it comes from (a registry, an archive): the
+    verified manifest and config, and a way to read each layer blob."""
+
+    manifest_digest: str
+    manifest: bytes
+    config: Descriptor
+    config_bytes: bytes
+    layers: tuple[Descriptor, ...]
+    # Yields the blob of one layer; the content store verifies digest and size.
+    open_layer: Callable[[Descriptor], AsyncIterator[bytes]]
+    # Indexes the manifest was chosen from, by digest: kept as blobs, like the manifest.
+    indexes: dict[str, bytes] = field(default_factory=dict)
+
+
 @dataclass
 class _FsUsage:
     taken_at: float
@@ -47,8 +66,11 @@ def image_user(config: dict[str, Any]) -> tuple[int | None, str]:
 
 
 class ImageService:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, gc_grace_seconds: float = 0.0) -> None:
+        """gc_grace_seconds > 0 makes garbage collection spare blobs and snapshots changed that
+        recently: for a process beside a running daemon, whose pulls it cannot see."""
         self._config = config
+        self._gc_grace_seconds = gc_grace_seconds
         self.content = ContentStore(config.root_dir)
         self.snapshots = SnapshotStore(config.root_dir)
         self.metadata = ImageMetadata(store)
@@ -125,45 +147,72 @@ class ImageService:
 
     async def _pull(self, ref: Reference, credentials: Credentials | None) -> str:
         assert self._registry is not None, "ImageService.start() was not awaited"
-        resolved = await self._registry.resolve(ref, credentials)
+        client = self._registry
+        resolved = await client.resolve(ref, credentials)
         config_bytes = await self._fetch_small(resolved, resolved.config, credentials)
-        config = json.loads(config_bytes)
-        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
-        if len(diff_ids) != len(resolved.layers):
-            raise DataLoss(
-                f"pull {ref}: the image config lists {len(diff_ids)} layers, the manifest {len(resolved.layers)}"
-            )
+        source = ImageSource(
+            manifest_digest=resolved.manifest_digest,
+            manifest=resolved.manifest,
+            config=resolved.config,
+            config_bytes=config_bytes,
+            layers=resolved.layers,
+            open_layer=lambda layer: client.open_blob(resolved, layer, credentials),
+            indexes={resolved.repo_digest: resolved.index} if resolved.index is not None else {},
+        )
+        tags = [ref.repo_tag] if ref.repo_tag else []
+        record = await self._store(source, tags, [f"{ref.name}@{resolved.repo_digest}"], f"pull {ref}")
+        return record.id
+
+    async def import_image(self, source: ImageSource, tags: list[str], digests: list[str], label: str) -> ImageRecord:
+        """Store an image read from an archive under tags and digests ("repo:tag", "repo@digest");
+        `label` starts error messages. A failure leaves nothing of the image behind."""
+        try:
+            record = await self._store(source, tags, digests, label)
+        except (ContentError, SnapshotError, LayerError) as exc:
+            raise DataLoss(f"{label}: {exc}") from exc
+        log.info("imported image", extra={"fields": {"id": record.id, "tags": ",".join(tags), "from": label}})
+        return record
+
+    async def _store(self, source: ImageSource, tags: list[str], digests: list[str], label: str) -> ImageRecord:
+        """Unpack the layers that have no snapshot yet and record the image; on failure, take
+        away again what this call stored and nothing references."""
+        config, diff_ids = _config_and_diff_ids(source.config_bytes, label)
+        if len(diff_ids) != len(source.layers):
+            raise DataLoss(f"{label}: the image config lists {len(diff_ids)} layers, the manifest {len(source.layers)}")
         chains = chain_ids(diff_ids)
-        blobs = [resolved.config.digest, self.content.put_bytes(resolved.manifest_digest, resolved.manifest)]
-        if resolved.index is not None:
-            blobs.append(self.content.put_bytes(resolved.repo_digest, resolved.index))
+        blobs = [
+            self.content.put_bytes(source.config.digest, source.config_bytes),
+            self.content.put_bytes(source.manifest_digest, source.manifest),
+            *(self.content.put_bytes(digest, index) for digest, index in source.indexes.items()),
+        ]
         protected = [*blobs, *chains]
         self._pulling.update(protected)
         try:
             await _all_or_first_error(
-                self._unpack_layer(resolved, layer, chain, diff_id, credentials)
-                for layer, chain, diff_id in zip(resolved.layers, chains, diff_ids, strict=True)
+                self._unpack_layer(source, layer, chain, diff_id)
+                for layer, chain, diff_id in zip(source.layers, chains, diff_ids, strict=True)
             )
             record = ImageRecord(
-                id=resolved.config.digest,
-                manifest_digest=resolved.manifest_digest,
+                id=source.config.digest,
+                manifest_digest=source.manifest_digest,
                 config=config,
                 chain_ids=chains,
                 blobs=blobs,
-                size=resolved.config.size + len(resolved.manifest) + sum(layer.size for layer in resolved.layers),
+                size=source.config.size + len(source.manifest) + sum(layer.size for layer in source.layers),
                 created_at=time.time_ns(),
-                tags=[ref.repo_tag] if ref.repo_tag else [],
-                digests=[f"{ref.name}@{resolved.repo_digest}"],
+                tags=tags,
+                digests=digests,
             )
             await asyncio.to_thread(self.metadata.save, record)
         except BaseException:
             self._release(protected)
-            # What this pull stored is referenced by nothing now: take it away again.
-            await asyncio.shield(self.collect_garbage())
+            # Only what this call stored: a sweep of the whole store could take what another
+            # process (a daemon beside the CLI) has stored but not yet recorded.
+            await asyncio.shield(self._collect(blobs, chains))
             raise
         self._release(protected)
         self._fs_usage = None
-        return record.id
+        return record
 
     def _release(self, protected: list[str]) -> None:
         self._pulling.subtract(protected)
@@ -178,21 +227,12 @@ class ImageService:
             await self.content.ingest(descriptor.digest, descriptor.size, chunks)
         return self.content.read_bytes(descriptor.digest)
 
-    async def _unpack_layer(
-        self,
-        resolved: registry.ResolvedImage,
-        layer: Descriptor,
-        chain_id: str,
-        diff_id: str,
-        credentials: Credentials | None,
-    ) -> None:
-        """Download and unpack one layer unless its snapshot exists. The compressed blob is
+    async def _unpack_layer(self, source: ImageSource, layer: Descriptor, chain_id: str, diff_id: str) -> None:
+        """Fetch and unpack one layer unless its snapshot exists. The compressed blob is
         not kept: the snapshot is what containers use."""
-        assert self._registry is not None
         if self.snapshots.has(chain_id):
             return
-        chunks = self._registry.open_blob(resolved, layer, credentials)
-        blob = await self.content.ingest(layer.digest, layer.size, chunks)
+        blob = await self.content.ingest(layer.digest, layer.size, source.open_layer(layer))
         try:
             await self.snapshots.unpack(chain_id, blob, layer.media_type, diff_id)
         finally:
@@ -268,15 +308,29 @@ class ImageService:
             await self.collect_garbage()
 
     async def collect_garbage(self) -> tuple[int, int]:
-        """Delete blobs and snapshots nothing references; returns how many of each went."""
+        """Delete blobs and snapshots nothing references; returns how many of each went.
+        With a grace period, those changed within it are spared."""
+        blobs = await asyncio.to_thread(list, self.content.list())
+        chains = await asyncio.to_thread(self.snapshots.list)
+        if self._gc_grace_seconds > 0:
+            blobs, chains = await asyncio.to_thread(self._settled, blobs, chains)
+        return await self._collect(blobs, chains)
+
+    def _settled(self, blobs: list[str], chains: list[str]) -> tuple[list[str], list[str]]:
+        cutoff = time.time() - self._gc_grace_seconds
+        return (
+            [digest for digest in blobs if _changed_at(self.content.path(digest)) < cutoff],
+            [chain for chain in chains if _changed_at(self.snapshots.path(chain).parent) < cutoff],
+        )
+
+    async def _collect(self, blobs: list[str], chains: list[str]) -> tuple[int, int]:
+        """Delete those of `blobs` and of the snapshots `chains` that exist and nothing references."""
         blobs_kept = await asyncio.to_thread(self.metadata.referenced_blobs)
         chains_kept = await asyncio.to_thread(self.metadata.referenced_chain_ids)
         in_use = set(self._pulling)
-        doomed_blobs = [d for d in await asyncio.to_thread(list, self.content.list()) if d not in blobs_kept | in_use]
-        doomed_chains = [
-            c for c in await asyncio.to_thread(self.snapshots.list) if c not in chains_kept | in_use
-        ]
-        await asyncio.to_thread(self._delete, doomed_blobs, doomed_chains)
+        doomed_blobs = [d for d in blobs if d not in blobs_kept and d not in in_use]
+        doomed_chains = [c for c in chains if c not in chains_kept and c not in in_use]
+        doomed_blobs, doomed_chains = await asyncio.to_thread(self._delete, doomed_blobs, doomed_chains)
         if doomed_blobs or doomed_chains:
             log.info(
                 "collected garbage",
@@ -285,11 +339,15 @@ class ImageService:
         self._fs_usage = None
         return len(doomed_blobs), len(doomed_chains)
 
-    def _delete(self, blobs: Iterable[str], chains: Iterable[str]) -> None:
-        for digest in blobs:
+    def _delete(self, blobs: Iterable[str], chains: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Delete those that exist; returns them."""
+        deleted_blobs = [digest for digest in blobs if self.content.has(digest)]
+        deleted_chains = [chain_id for chain_id in chains if self.snapshots.has(chain_id)]
+        for digest in deleted_blobs:
             self.content.delete(digest)
-        for chain_id in chains:
+        for chain_id in deleted_chains:
             self.snapshots.remove(chain_id)
+        return deleted_blobs, deleted_chains
 
     # -- usage ------------------------------------------------------------------
 
@@ -315,6 +373,27 @@ class ImageService:
         return content[0] + snapshots[0], content[1] + snapshots[1]
 
 
+def _config_and_diff_ids(config_bytes: bytes, label: str) -> tuple[dict[str, Any], list[str]]:
+    try:
+        config = json.loads(config_bytes)
+    except ValueError as exc:
+        raise DataLoss(f"{label}: the image config is not valid JSON: {exc}") from None
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = (rootfs.get("diff_ids") if isinstance(rootfs, dict) else None) or []
+    if not isinstance(config, dict) or not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise DataLoss(f"{label}: the image config is not an object with a rootfs.diff_ids list of digests")
+    return config, diff_ids
+
+
+def _changed_at(path: Path) -> float:
+    """When the file or directory was last written or renamed; infinity when it is gone."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return math.inf
+    return max(info.st_mtime, info.st_ctime)
+
+
 async def _all_or_first_error(operations: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run all to their end, then raise the first failure: a failed pull must not
     return while sibling layers are still being written."""
@@ -328,6 +407,7 @@ async def _all_or_first_error(operations: Iterable[Coroutine[Any, Any, None]]) -
             task.cancel()
         await asyncio.wait(tasks)
         raise
-    for task in tasks:
-        if task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+    # Every failure is looked at, so none is reported again as "exception never retrieved".
+    failures = [task.exception() for task in tasks if task.exception() is not None]
+    if failures:
+        raise failures[0]  # type: ignore[misc]
