@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pycri import __version__
+from pycri.cli_images import add_images_commands, run_images
 from pycri.config import LOG_LEVELS, Config, ConfigError, config_to_toml, load_config
 from pycri.log import setup_logging
 
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="serve CRI v1 on the configured unix socket")
     commands.add_parser("config", help="print the effective config as TOML")
     commands.add_parser("info", help="print versions of pycri, runc, conmon, CNI plugins and what is missing")
+    add_images_commands(commands)
     return parser
 
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     if args.command == "serve":
         return _serve(config)
+    if args.command == "images":
+        return run_images(config, args)
     if args.command == "config":
         sys.stdout.write(config_to_toml(config))
         return 0
