@@ -9,9 +9,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pycri.api import api_pb2
 from pycri.config import Config
 from pycri.container.service import ContainerService
-from pycri.hostinfo import HostInfo, collect_host_info
+from pycri.hostinfo import HostInfo, collect_host_info, is_executable
 from pycri.image.service import ImageService
 from pycri.network.cni import CniManager
 from pycri.network.cni_config import installed_default_config
@@ -48,6 +49,8 @@ class Daemon:
     images: ImageService
     sandboxes: SandboxService
     containers: ContainerService
+    # What each runtime handler can do, read from `<runtime> features` at start.
+    handler_features: dict[str, api_pb2.RuntimeHandlerFeatures] = field(default_factory=dict)
     _lock_fd: int = -1
     _host_info: HostInfo | None = field(default=None, repr=False)
 
@@ -77,6 +80,12 @@ class Daemon:
         await self.images.start()
         await self.sandboxes.reconcile()
         await self.containers.load()
+        for name, handler in self.config.runtime.handlers.items():
+            features = await self.containers.runtime(name).features() or {} if is_executable(handler.path) else {}
+            self.handler_features[name] = api_pb2.RuntimeHandlerFeatures(
+                recursive_read_only_mounts="rro" in (features.get("mountOptions") or []),
+                user_namespaces=False,  # the spec generator refuses user namespaces for now
+            )
 
     async def _stop_pod_containers(self, sandbox: SandboxRecord) -> None:
         """StopPodSandbox ends every container of the pod at once, as CRI asks."""

@@ -32,35 +32,24 @@ from pycri.container.metadata import (
 )
 from pycri.container.signals import stop_signal
 from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pycri.ids import AmbiguousId, resolve_id
 from pycri.image import overlay
 from pycri.image.service import ImageService
 from pycri.oci import conmon
-from pycri.oci.runtime import OciRuntime, OciRuntimeError, RuntimeHandler
-from pycri.oci.spec import ContainerSpecInput, SandboxPaths, container_spec
+from pycri.oci.runtime import OciRuntime, OciRuntimeError
+from pycri.oci.spec import ContainerSpecInput, container_spec
 from pycri.oci.spec_mounts import missing_bind_sources
-from pycri.sandbox.metadata import AmbiguousId, SandboxRecord, resolve_id
-from pycri.sandbox.undo import UndoStack
+from pycri.runtimes import cgroups_path as container_cgroups_path
+from pycri.runtimes import oci_runtime
+from pycri.sandbox.metadata import SandboxRecord
 from pycri.state.store import Store
+from pycri.undo import UndoStack
 
 log = logging.getLogger(__name__)
 
 # How long to wait for conmon's exit file once the container's process is gone.
 EXIT_FILE_WAIT_SECONDS = 10.0
 KILL_WAIT_SECONDS = 30.0
-
-
-def sandbox_paths(sandbox: SandboxRecord) -> SandboxPaths:
-    pid_ns = Path(f"/proc/{sandbox.pause_pid}/ns/pid") if sandbox.pause_pid else None
-    return SandboxPaths(
-        netns=sandbox.netns_path,
-        ipc=sandbox.ipc_path,
-        uts=sandbox.uts_path,
-        pid=pid_ns,
-        hostname=sandbox.hostname_path,
-        hosts=sandbox.hosts_path,
-        resolv_conf=sandbox.resolv_conf_path,
-        shm=sandbox.shm_path or Path("/dev/shm"),
-    )
 
 
 class ContainerService:
@@ -86,15 +75,7 @@ class ContainerService:
             self.refresh(record)
 
     def runtime(self, handler: str) -> OciRuntime:
-        handler_config = self._config.handler(handler)
-        return OciRuntime(
-            RuntimeHandler(
-                name=handler,
-                path=handler_config.path,
-                root=self._config.handler_root(handler),
-                systemd_cgroup=self._config.runtime.cgroup_driver == "systemd",
-            )
-        )
+        return oci_runtime(self._config, handler)
 
     # -- lookups ----------------------------------------------------------------
 
@@ -202,7 +183,7 @@ class ContainerService:
 
         image_config = self._images.metadata.get(image_id)
         assert image_config is not None  # leased above, so it cannot have gone
-        cgroups_path = self._cgroups_path(sandbox, container_id)
+        cgroups_path = container_cgroups_path(self._config, sandbox.cgroup_parent, container_id)
         spec_input = ContainerSpecInput(
             container_id=container_id,
             sandbox_id=sandbox.id,
@@ -210,7 +191,7 @@ class ContainerService:
             sandbox=sandbox.config,
             image_config=image_config.config,
             rootfs=rootfs,
-            sandbox_paths=sandbox_paths(sandbox),
+            sandbox_paths=sandbox.sandbox_paths(),
             cgroups_path=cgroups_path,
             runtime_oom_score_adj=self._own_oom_score_adj,
             seccomp_profile_root=None,
@@ -262,11 +243,6 @@ class ContainerService:
         )
         await asyncio.to_thread(self._rows.insert, record)
         return record
-
-    def _cgroups_path(self, sandbox: SandboxRecord, container_id: str) -> str:
-        if self._config.runtime.cgroup_driver == "systemd":
-            return f"{sandbox.cgroup_parent}:pycri:{container_id}"
-        return f"{sandbox.cgroup_parent.rstrip('/')}/{container_id}"
 
     @staticmethod
     def _log_path(sandbox: SandboxRecord, config: api_pb2.ContainerConfig, layers: Path) -> Path:

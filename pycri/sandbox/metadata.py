@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,17 +201,3 @@ class SandboxRows:
             cni_result=None if row["cni_result"] is None else json.loads(row["cni_result"]),
             pause_pid=row["pause_pid"],
         )
-
-
-class AmbiguousId(LookupError):
-    """A prefix that names more than one sandbox."""
-
-
-def resolve_id(prefix: str, ids: Iterable[str]) -> str | None:
-    """The one id equal to or starting with `prefix` (None when none does); AmbiguousId if several do."""
-    matches = [candidate for candidate in ids if candidate.startswith(prefix)]
-    if len(matches) > 1:
-        if prefix in matches:
-            return prefix
-        raise AmbiguousId(f"id prefix {prefix!r} matches {len(matches)} pod sandboxes")
-    return matches[0] if matches else None

@@ -23,10 +23,11 @@ from pycri.errors import FailedPrecondition
 from pycri.image import overlay
 from pycri.image.service import ImageService
 from pycri.oci import conmon
-from pycri.oci.runtime import OciRuntime, OciRuntimeError, RuntimeHandler
+from pycri.oci.runtime import OciRuntimeError
 from pycri.oci.spec import PauseSpecInput, pause_spec
+from pycri.runtimes import cgroups_path, oci_runtime
 from pycri.sandbox.metadata import SandboxRecord
-from pycri.sandbox.undo import UndoStack
+from pycri.undo import UndoStack
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,6 @@ class PauseProcesses:
         self._exit_dir = config.state_dir / "exits"
         self._socket_dir = config.state_dir / "attach"
         self._own_oom_score_adj = int(Path("/proc/self/oom_score_adj").read_text())
-
-    def _runtime(self, handler: str) -> OciRuntime:
-        return OciRuntime(
-            RuntimeHandler(
-                name=handler,
-                path=self._config.handler(handler).path,
-                root=self._config.handler_root(handler),
-                systemd_cgroup=self._config.runtime.cgroup_driver == "systemd",
-            )
-        )
-
-    def _cgroups_path(self, record: SandboxRecord) -> str:
-        if self._config.runtime.cgroup_driver == "systemd":
-            return f"{record.cgroup_parent}:pycri:{record.id}"
-        return f"{record.cgroup_parent.rstrip('/')}/{record.id}"
 
     async def _image_id(self) -> str:
         reference = self._config.runtime.pause_image
@@ -88,13 +74,13 @@ class PauseProcesses:
             image_config=image.config,
             rootfs=rootfs,
             sandbox_paths=record.sandbox_paths(),
-            cgroups_path=self._cgroups_path(record),
+            cgroups_path=cgroups_path(self._config, record.cgroup_parent, record.id),
             runtime_oom_score_adj=self._own_oom_score_adj,
             seccomp_profile_root=None,
         )
         spec = await asyncio.to_thread(pause_spec, spec_input)
         await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
-        runtime = self._runtime(record.runtime_handler)
+        runtime = oci_runtime(self._config, record.runtime_handler)
         try:
             process = await conmon.create_container(
                 conmon.ConmonCreate(
@@ -126,7 +112,7 @@ class PauseProcesses:
     async def stop(self, record: SandboxRecord) -> None:
         """Kill the pause process (and with it whatever is left in its PID namespace) and
         remove it, its rootfs and lease; doing it again is fine."""
-        runtime = self._runtime(record.runtime_handler)
+        runtime = oci_runtime(self._config, record.runtime_handler)
         if record.pause_pid is not None and not self.exited(record):
             try:
                 await runtime.kill(record.id, signal.SIGKILL)

@@ -26,20 +26,21 @@ from pathlib import Path
 from pycri.api import api_pb2
 from pycri.config import Config
 from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pycri.ids import AmbiguousId, resolve_id
 from pycri.image.service import ImageService
 from pycri.network.cni import CniManager, CniNotReady, CniResult, PodAttachment, PortMapping
 from pycri.network.cni_exec import CniError, CniPluginNotFound
 from pycri.network.netns import create_namespace, is_namespace_pinned, remove_namespace
 from pycri.oci.runtime import OciRuntimeError
 from pycri.sandbox.files import write_hostname, write_hosts, write_resolv_conf
-from pycri.sandbox.metadata import AmbiguousId, SandboxRecord, SandboxRows, SandboxState, resolve_id
+from pycri.sandbox.metadata import SandboxRecord, SandboxRows, SandboxState
 from pycri.sandbox.pause import PauseProcesses
 from pycri.sandbox.plan import SandboxPlan, cgroup_parent, check_host_ports, plan_sandbox, port_mappings
 from pycri.sandbox.shm import mount_shm, unmount_shm
 from pycri.sandbox.sysctls import apply_sysctls
-from pycri.sandbox.undo import UndoStack
 from pycri.sandbox.views import matches, sandbox_status, sandbox_summary, verbose_info
 from pycri.state.store import Store
+from pycri.undo import UndoStack
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pycri.api import api_pb2
-from pycri.sandbox.metadata import AmbiguousId, SandboxRecord, SandboxRows, SandboxState, resolve_id
+from pycri.ids import AmbiguousId, resolve_id
+from pycri.sandbox.metadata import SandboxRecord, SandboxRows, SandboxState
 from pycri.state.store import Store
 
 pytestmark = pytest.mark.unit
