@@ -54,7 +54,10 @@ def test_status_verbose_info(pycri: PycriProcess) -> None:
     assert host["pycri"] == __version__
     assert host["runtimes"]["runc"]["version"].startswith("runc version")
     assert "conmon version" in host["conmon"]["version"]
-    assert [h.name for h in reply.runtime_handlers] == ["runc"]
+    handlers = {h.name: h.features for h in reply.runtime_handlers}
+    assert set(handlers) == {"", "runc"}
+    assert handlers["runc"].recursive_read_only_mounts  # runc 1.1 lists "rro" on this kernel
+    assert reply.features.supplemental_groups_policy
 
 
 def test_runtime_not_ready_names_missing_runc(pycri_dir: Path) -> None:

@@ -17,8 +17,10 @@ def _proto(condition: Condition) -> api_pb2.RuntimeCondition:
 async def handle(daemon: Daemon, request: api_pb2.StatusRequest) -> api_pb2.StatusResponse:
     conditions = [runtime_condition(daemon.config), await network_condition(daemon)]
     reply = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[_proto(c) for c in conditions]))
-    for name in daemon.config.runtime.handlers:
-        reply.runtime_handlers.add(name=name, features=api_pb2.RuntimeHandlerFeatures())
+    default = daemon.config.runtime.default_handler
+    for name in ["", *daemon.config.runtime.handlers]:  # "" is how kubelet names the default handler
+        reply.runtime_handlers.add(name=name, features=daemon.handler_features.get(name or default))
+    reply.features.supplemental_groups_policy = True
     if request.verbose:
         reply.info["config"] = json.dumps(dataclasses.asdict(daemon.config), default=str)
         reply.info["hostInfo"] = daemon.host_info().to_json()
