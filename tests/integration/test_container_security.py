@@ -231,3 +231,12 @@ def test_update_container_resources_changes_the_memory_limit(work: Workloads, bu
     )
     assert limits(cgroups_path)["memory"] == str(128 * MiB)
     assert work.status(container_id).resources.linux.memory_limit_in_bytes == 128 * MiB
+
+
+def test_a_container_over_its_memory_limit_is_oom_killed(work: Workloads, busybox: str) -> None:
+    pod = work.pod("oom")
+    resources = api_pb2.LinuxContainerResources(memory_limit_in_bytes=16 * MiB, memory_swap_limit_in_bytes=16 * MiB)
+    command = ("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")
+    config = container_config("hungry", busybox, *command, linux=api_pb2.LinuxContainerConfig(resources=resources))
+    status = work.wait_for_exit(work.run(pod, config))
+    assert (status.exit_code, status.reason) == (137, "OOMKilled")

@@ -76,12 +76,19 @@ def logged(path: Path, text: str) -> bool:
     return path.exists() and any(line == text for _, line in log_lines(path))
 
 
+def run_to_the_end(work: Workloads, pod: Pod, config: api_pb2.ContainerConfig) -> api_pb2.ContainerStatus:
+    status = work.wait_for_exit(work.run(pod, config))
+    assert status.exit_code == 0, log_lines(Path(status.log_path))
+    return status
+
+
+def printed(status: api_pb2.ContainerStatus) -> list[str]:
+    return [text for _, text in log_lines(Path(status.log_path))]
+
+
 def output_of(work: Workloads, pod: Pod, config: api_pb2.ContainerConfig) -> list[str]:
     """Run a container to its end; the lines it printed."""
-    container_id = work.run(pod, config)
-    status = work.wait_for_exit(container_id)
-    assert status.exit_code == 0, log_lines(Path(status.log_path))
-    return [text for _, text in log_lines(Path(status.log_path))]
+    return printed(run_to_the_end(work, pod, config))
 
 
 # ---- lifecycle ----
@@ -181,8 +188,10 @@ def test_list_filters_by_id_prefix_state_pod_and_labels(work: Workloads, busybox
 
 def test_image_entrypoint_and_cmd_run_as_the_image_user_in_its_working_dir(work: Workloads, user_image: str) -> None:
     pod = work.pod("image-defaults")
-    lines = output_of(work, pod, container_config("defaults", user_image))
-    assert lines == ["uid=1000(pycri) gid=1000(pycri) groups=1000(pycri),1001(pycrisupp)", "/home/pycri"]
+    status = run_to_the_end(work, pod, container_config("defaults", user_image))
+    assert printed(status) == ["uid=1000(pycri) gid=1000(pycri) groups=1000(pycri),1001(pycrisupp)", "/home/pycri"]
+    user = status.user.linux
+    assert (user.uid, user.gid, sorted(user.supplemental_groups)) == (1000, 1000, [1000, 1001])
 
 
 def test_args_replace_the_image_cmd_and_keep_its_entrypoint(work: Workloads, user_image: str) -> None:
@@ -217,7 +226,10 @@ def test_security_context_user_group_and_supplemental_groups(work: Workloads, bu
     context = config.linux.security_context
     context.run_as_user.value, context.run_as_group.value = 1234, 5678
     context.supplemental_groups.extend([4242])
-    assert output_of(work, pod, config) == ["uid=1234 gid=5678 groups=4242,5678"]
+    status = run_to_the_end(work, pod, config)
+    assert printed(status) == ["uid=1234 gid=5678 groups=4242,5678"]
+    user = status.user.linux
+    assert (user.uid, user.gid, sorted(user.supplemental_groups)) == (1234, 5678, [4242, 5678])
 
 
 def test_run_as_username_resolves_in_the_image(work: Workloads, busybox: str) -> None:
