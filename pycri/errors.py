@@ -55,3 +55,9 @@ class DataLoss(PycriError):
     """Content did not match its digest, or a layer could not be unpacked safely."""
 
     code = grpc.StatusCode.DATA_LOSS
+
+
+class RuntimeFailure(PycriError):
+    """The OCI runtime or conmon refused; the message carries their words."""
+
+    code = grpc.StatusCode.UNKNOWN

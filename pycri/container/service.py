@@ -31,7 +31,7 @@ from pycri.container.metadata import (
     reserved_name,
 )
 from pycri.container.signals import stop_signal
-from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
 from pycri.ids import AmbiguousId, resolve_id
 from pycri.image import overlay
 from pycri.image.service import ImageService
@@ -88,6 +88,13 @@ class ContainerService:
             raise InvalidArgument(str(exc)) from None
         return None if full is None else self._records[full]
 
+    def find_quietly(self, container_id: str) -> ContainerRecord | None:
+        """For list filters: an ambiguous prefix matches nothing rather than failing."""
+        try:
+            return self.find(container_id)
+        except InvalidArgument:
+            return None
+
     def get(self, container_id: str) -> ContainerRecord:
         record = self.find(container_id)
         if record is None:
@@ -119,7 +126,8 @@ class ContainerService:
             return
         record.state = ContainerState.EXITED
         record.exit_code = exit_info.code
-        record.finished_at = exit_info.finished_at_ns
+        # The exit file's mtime comes from a coarser clock than ours; never before the start.
+        record.finished_at = max(exit_info.finished_at_ns, record.started_at)
         if exit_info.oom_killed:
             record.reason = "OOMKilled"
         else:
@@ -136,8 +144,13 @@ class ContainerService:
         if not config.image.image:
             raise InvalidArgument("config.image.image: empty")
         sandbox = self._sandboxes.get(sandbox_id)
-        if not sandbox.ready:
-            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+        # Held so that a concurrent StopPodSandbox/RemovePodSandbox sees this container.
+        async with self._sandboxes.lock(sandbox.id):
+            if not sandbox.ready:
+                raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+            return await self._create_in(sandbox, config)
+
+    async def _create_in(self, sandbox: SandboxRecord, config: api_pb2.ContainerConfig) -> str:
         image = await asyncio.to_thread(self._images.find, config.image.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} not found: pull it first")
@@ -150,6 +163,10 @@ class ContainerService:
         undo = UndoStack(f"container {container_id}")
         try:
             record = await self._create(container_id, name, sandbox, config, image.id, image.chain_ids, undo)
+        except OciRuntimeError as exc:
+            await asyncio.shield(undo.unwind())
+            del self._names[name]
+            raise RuntimeFailure(f"create container {name!r}: {exc}") from exc
         except BaseException:
             await asyncio.shield(undo.unwind())
             del self._names[name]
@@ -262,12 +279,13 @@ class ContainerService:
             self.refresh(record)
             if record.state is not ContainerState.CREATED:
                 raise FailedPrecondition(f"container {record.id} is {record.state.value}, not created")
+            started_at = time.time_ns()
             try:
                 await self.runtime(record.runtime_handler).start(record.id)
             except OciRuntimeError as exc:
-                raise FailedPrecondition(f"start container {record.id}: {exc}") from exc
+                raise RuntimeFailure(f"start container {record.id}: {exc}") from exc
             record.state = ContainerState.RUNNING
-            record.started_at = time.time_ns()
+            record.started_at = started_at
             await asyncio.to_thread(self._rows.update, record)
             self.refresh(record)  # it may have finished already
         log.info("started container", extra={"fields": {"id": record.id}})
@@ -342,6 +360,8 @@ class SandboxLookup(Protocol):
     """What the container service needs of the sandbox service."""
 
     def get(self, sandbox_id: str) -> SandboxRecord: ...
+
+    def lock(self, sandbox_id: str) -> asyncio.Lock: ...
 
 
 async def _kill(runtime: OciRuntime, container_id: str, signal_number: int) -> None:

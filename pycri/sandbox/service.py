@@ -40,6 +40,7 @@ from pycri.sandbox.shm import mount_shm, unmount_shm
 from pycri.sandbox.sysctls import apply_sysctls
 from pycri.sandbox.views import matches, sandbox_status, sandbox_summary, verbose_info
 from pycri.state.store import Store
+from pycri.stats.cgroups import remove_cgroup
 from pycri.undo import UndoStack
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,9 @@ class SandboxService:
     async def _remove_locked(self, record: SandboxRecord) -> None:
         for hook in self._remove_hooks:
             await hook(record)
+        if not record.config.linux.cgroup_parent and self._config.runtime.cgroup_driver == "cgroupfs":
+            # pycri chose this cgroup (runc made it as the containers' parent); kubelet's are kubelet's.
+            await remove_cgroup(record.cgroup_parent)
         await asyncio.to_thread(self._remove_files_and_row, record)
         self._forget(record)
         log.info("pod sandbox removed", extra={"fields": {"id": record.id, "name": record.name}})

@@ -129,11 +129,6 @@ def test_list_container_stats_picks_running_containers_by_filter(work: Workloads
     assert ids(pod_sandbox_id=first.id, label_selector={"pick": "yes"}) == {kept}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pycri/server/runtime/stream_container_stats.py builds StreamContainerStatsResponse(stats=...), "
-    "but the field is container_stats: every non-empty stream fails with INTERNAL",
-)
 def test_stream_container_stats_sends_what_the_list_has(work: Workloads, busybox: str) -> None:
     pod = work.pod("streamed")
     container_id = work.run(pod, container_config("streamed", busybox, *SLEEP_FOREVER))
@@ -142,11 +137,6 @@ def test_stream_container_stats_sends_what_the_list_has(work: Workloads, busybox
     assert [stats.attributes.id for reply in streamed for stats in reply.container_stats] == [container_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pycri/server/runtime/stream_pod_sandbox_stats.py builds StreamPodSandboxStatsResponse(stats=...), "
-    "but the field is pod_sandbox_stats: every non-empty stream fails with INTERNAL",
-)
 def test_stream_pod_sandbox_stats_sends_what_the_list_has(work: Workloads) -> None:
     pod = work.pod("streamed-pod")
     request = api_pb2.StreamPodSandboxStatsRequest(filter=api_pb2.PodSandboxStatsFilter(id=pod.id))

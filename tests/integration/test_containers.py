@@ -140,12 +140,6 @@ def test_exit_code_3_is_an_error(work: Workloads, busybox: str) -> None:
     assert (status.exit_code, status.reason) == (3, "Error")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="pycri/container/service.py start(): started_at is taken after `runc start` returns while finished_at "
-    "is the exit file's coarse mtime, so a container that exits at once may finish before it started; "
-    "non-strict because the race is won only sometimes",
-)
 def test_a_container_that_exits_at_once_never_finishes_before_it_started(work: Workloads, busybox: str) -> None:
     pod = work.pod("quick")
     for attempt in range(20):
@@ -464,11 +458,6 @@ def test_remove_pod_sandbox_removes_its_containers(work: Workloads, busybox: str
     leaves_nothing_behind(work, pod)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pycri/sandbox/service.py _remove_locked/_remove_files_and_row never remove the pod cgroup "
-    "(record.cgroup_parent, /pycri/pod-<id>) that runc made as the containers' parent: it leaks",
-)
 def test_remove_pod_sandbox_removes_the_pod_cgroup_pycri_made(work: Workloads, busybox: str) -> None:
     pod = work.pod("cgroup")
     work.run(pod, container_config("inside", busybox, *SLEEP_FOREVER))

@@ -10,7 +10,7 @@ from pycri.daemon import Daemon
 
 async def collect(daemon: Daemon, wanted: api_pb2.ContainerStatsFilter) -> list[api_pb2.ContainerStats]:
     if wanted.id:
-        found = daemon.containers.find(wanted.id)
+        found = daemon.containers.find_quietly(wanted.id)
         candidates = [found] if found is not None else []
     else:
         candidates = list(daemon.containers.records())

@@ -8,7 +8,7 @@ from pycri.daemon import Daemon
 def listed(daemon: Daemon, wanted: api_pb2.ContainerFilter) -> list[api_pb2.Container]:
     full_id = None
     if wanted.id:
-        found = daemon.containers.find(wanted.id)
+        found = daemon.containers.find_quietly(wanted.id)
         if found is None:
             return []
         full_id = found.id

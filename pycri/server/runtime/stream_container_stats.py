@@ -14,4 +14,4 @@ async def handle(
 ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
     stats = await collect(daemon, request.filter)
     for start in range(0, len(stats), PAGE_SIZE):
-        yield api_pb2.StreamContainerStatsResponse(stats=stats[start : start + PAGE_SIZE])
+        yield api_pb2.StreamContainerStatsResponse(container_stats=stats[start : start + PAGE_SIZE])
