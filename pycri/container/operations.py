@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 from pycri.api import api_pb2
 from pycri.container.metadata import ContainerRecord, ContainerState, layer_dir
@@ -15,6 +16,8 @@ from pycri.oci import conmon
 from pycri.oci.runtime import ContainerNotFoundError, ExecSpec, ExecTimeoutError, OciRuntimeError
 from pycri.oci.spec_resources import linux_resources
 from pycri.stats.cgroups import read_stats
+
+REOPEN_WAIT_SECONDS = 5.0
 
 
 def _running(service: ContainerService, container_id: str) -> ContainerRecord:
@@ -60,11 +63,18 @@ async def update_resources(
 
 
 async def reopen_log(service: ContainerService, container_id: str) -> None:
+    """Ask conmon to reopen the log, and return once the new file is there (kubelet looks at once)."""
     record = _running(service, container_id)
+    log_path = Path(record.log_path)
     try:
         await asyncio.to_thread(conmon.reopen_log, service.persist_dir(record.id))
     except OciRuntimeError as exc:
         raise FailedPrecondition(f"reopen log of container {record.id}: {exc}") from exc
+    deadline = time.monotonic() + REOPEN_WAIT_SECONDS
+    while not log_path.exists():
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(f"reopen log of container {record.id}: conmon wrote no new {log_path}")
+        await asyncio.sleep(0.005)
 
 
 def runtime_spec(service: ContainerService, record: ContainerRecord) -> dict[str, object] | None:

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from pycri.api import api_pb2
 from pycri.config import Config
+from pycri.container.image_mounts import mount_image_volumes, unmount_image_volumes
 from pycri.container.metadata import (
     ContainerRecord,
     ContainerRows,
@@ -195,7 +196,8 @@ class ContainerService:
             self._images.snapshots.mount_rootfs, list(reversed(chain_ids)), layers / "upper", layers / "work", rootfs
         )
         undo.push("unmount the rootfs", lambda: overlay.unmount(rootfs))
-        for source in missing_bind_sources(config):
+        spec_config = await mount_image_volumes(self._images, config, container_id, layers, undo)
+        for source in missing_bind_sources(spec_config):
             await asyncio.to_thread(_make_bind_source, source, undo)
 
         image_config = self._images.metadata.get(image_id)
@@ -204,7 +206,7 @@ class ContainerService:
         spec_input = ContainerSpecInput(
             container_id=container_id,
             sandbox_id=sandbox.id,
-            config=config,
+            config=spec_config,
             sandbox=sandbox.config,
             image_config=image_config.config,
             rootfs=rootfs,
@@ -296,7 +298,8 @@ class ContainerService:
         if record is None:
             return
         async with self._lock(record.id):
-            await self._stop(record, timeout)
+            # A caller that gives up must not leave the container half-stopped.
+            await asyncio.shield(self._stop(record, timeout))
 
     async def _stop(self, record: ContainerRecord, timeout: float) -> None:
         self.refresh(record)
@@ -346,6 +349,7 @@ class ContainerService:
 
     def _remove_files(self, record: ContainerRecord) -> None:
         layers = layer_dir(self._config.root_dir, record.id)
+        unmount_image_volumes(layers)
         overlay.unmount(layers / "rootfs")
         shutil.rmtree(layers, ignore_errors=True)
         shutil.rmtree(self.persist_dir(record.id), ignore_errors=True)

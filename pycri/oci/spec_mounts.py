@@ -114,7 +114,8 @@ def _bind_mount(mount: api_pb2.Mount, field: str) -> dict[str, Any]:
     if not mount.container_path.startswith("/"):
         raise SpecError(f"{field}.container_path: {mount.container_path!r} is not absolute")
     if mount.image.image:
-        raise SpecError(f"{field}.image: image volumes are not supported")
+        # The container service turns image volumes into binds before the spec is built.
+        raise SpecError(f"{field}.image: image volumes must be mounted by the container service first")
     if not mount.host_path:
         raise SpecError(f"{field}.host_path: empty")
     if mount.uidMappings or mount.gidMappings:

@@ -117,7 +117,7 @@ def test_a_cri_dev_mount_replaces_everything_under_dev(tmp_path: Path) -> None:
         (api_pb2.Mount(container_path="/x"), r"^mounts\[0\].host_path: empty"),
         (
             api_pb2.Mount(container_path="/x", image=api_pb2.ImageSpec(image="busybox")),
-            r"^mounts\[0\].image: image volumes are not supported",
+            r"^mounts\[0\].image: image volumes must be mounted by the container service first",
         ),
         (
             api_pb2.Mount(container_path="/x", host_path="/y", uidMappings=[api_pb2.IDMapping(length=1)]),
