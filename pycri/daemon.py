@@ -107,6 +107,7 @@ class Daemon:
             self.network.pod_cidr = cidr
 
     async def close(self) -> None:
+        self.containers.close()
         await self.images.close()
         self.store.close()
         if self._lock_fd >= 0:

@@ -9,9 +9,7 @@ layers alive while the container exists, even when the image is removed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import secrets
 import shutil
 import signal
@@ -22,6 +20,8 @@ from typing import Protocol
 
 from pycri.api import api_pb2
 from pycri.config import Config
+from pycri.container.bundle import log_path_of, make_bind_source, make_dirs, write_bundle
+from pycri.container.events import EventBus, ExitWatch
 from pycri.container.image_mounts import mount_image_volumes, unmount_image_volumes
 from pycri.container.metadata import (
     ContainerRecord,
@@ -32,6 +32,7 @@ from pycri.container.metadata import (
     reserved_name,
 )
 from pycri.container.signals import stop_signal
+from pycri.container.views import container_status
 from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
 from pycri.ids import AmbiguousId, resolve_id
 from pycri.image import overlay
@@ -65,6 +66,8 @@ class ContainerService:
         self._exit_dir = config.state_dir / "exits"
         self._socket_dir = config.state_dir / "attach"
         self._own_oom_score_adj = int(Path("/proc/self/oom_score_adj").read_text())
+        self.events = EventBus()
+        self._exit_watch = ExitWatch(self._exit_dir, self._exited)
 
     async def load(self) -> None:
         """Read the containers back at daemon start and take in exits that happened meanwhile."""
@@ -74,6 +77,25 @@ class ContainerService:
             self._records[record.id] = record
             self._names[record.name] = record.id
             self.refresh(record)
+        self._exit_watch.start()
+
+    def close(self) -> None:
+        self._exit_watch.stop()
+
+    def _exited(self, container_id: str) -> None:
+        record = self._records.get(container_id)
+        if record is not None:
+            self.refresh(record)
+
+    def _emit(self, record: ContainerRecord, kind: int) -> None:
+        event = api_pb2.ContainerEventResponse(
+            container_id=record.id, container_event_type=kind, created_at=time.time_ns()
+        )
+        pod = self._sandboxes.find(record.sandbox_id)
+        if pod is not None:
+            event.pod_sandbox_status.CopyFrom(self._sandboxes.status(pod.id, False)[0])
+        event.containers_statuses.extend(container_status(c) for c in self.in_sandbox(record.sandbox_id))
+        self.events.publish(event)
 
     def runtime(self, handler: str) -> OciRuntime:
         return oci_runtime(self._config, handler)
@@ -134,6 +156,7 @@ class ContainerService:
         else:
             record.reason = "Completed" if exit_info.code == 0 else "Error"
         self._rows.update(record)
+        self._emit(record, api_pb2.ContainerEventType.CONTAINER_STOPPED_EVENT)
 
     # -- create -------------------------------------------------------------------
 
@@ -173,6 +196,7 @@ class ContainerService:
             del self._names[name]
             raise
         self._records[container_id] = record
+        self._emit(record, api_pb2.ContainerEventType.CONTAINER_CREATED_EVENT)
         log.info("created container", extra={"fields": {"id": container_id, "name": name, "sandbox": sandbox.id}})
         return container_id
 
@@ -188,7 +212,7 @@ class ContainerService:
     ) -> ContainerRecord:
         layers = layer_dir(self._config.root_dir, container_id)
         rootfs = layers / "rootfs"
-        await asyncio.to_thread(_make_dirs, layers, ("upper", "work", "rootfs"))
+        await asyncio.to_thread(make_dirs, layers, ("upper", "work", "rootfs"))
         undo.push("remove the writable layer", lambda: shutil.rmtree(layers))
         await asyncio.to_thread(self._images.metadata.lease, container_id, chain_ids)
         undo.push("release the snapshot lease", lambda: self._images.metadata.release(container_id))
@@ -198,7 +222,7 @@ class ContainerService:
         undo.push("unmount the rootfs", lambda: overlay.unmount(rootfs))
         spec_config = await mount_image_volumes(self._images, config, container_id, layers, undo)
         for source in missing_bind_sources(spec_config):
-            await asyncio.to_thread(_make_bind_source, source, undo)
+            await asyncio.to_thread(make_bind_source, source, undo)
 
         image_config = self._images.metadata.get(image_id)
         assert image_config is not None  # leased above, so it cannot have gone
@@ -217,10 +241,10 @@ class ContainerService:
         )
         spec = await asyncio.to_thread(container_spec, spec_input)
         bundle = self.persist_dir(container_id)
-        await asyncio.to_thread(_write_bundle, bundle, spec)
+        await asyncio.to_thread(write_bundle, bundle, spec)
         undo.push("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
 
-        log_path = self._log_path(sandbox, config, layers)
+        log_path = log_path_of(sandbox, config, layers)
         await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
         runtime = self.runtime(sandbox.runtime_handler)
         process = await conmon.create_container(
@@ -263,16 +287,6 @@ class ContainerService:
         await asyncio.to_thread(self._rows.insert, record)
         return record
 
-    @staticmethod
-    def _log_path(sandbox: SandboxRecord, config: api_pb2.ContainerConfig, layers: Path) -> Path:
-        if not config.log_path:
-            return layers / "container.log"
-        if os.path.isabs(config.log_path) or ".." in Path(config.log_path).parts:
-            raise InvalidArgument(f"config.log_path: {config.log_path!r} must be relative to the pod's log directory")
-        if not sandbox.log_directory:
-            raise InvalidArgument("config.log_path: the pod sandbox has no log_directory")
-        return Path(sandbox.log_directory) / config.log_path
-
     # -- start, stop, remove ---------------------------------------------------------
 
     async def start(self, container_id: str) -> None:
@@ -289,6 +303,7 @@ class ContainerService:
             record.state = ContainerState.RUNNING
             record.started_at = started_at
             await asyncio.to_thread(self._rows.update, record)
+            self._emit(record, api_pb2.ContainerEventType.CONTAINER_STARTED_EVENT)
             self.refresh(record)  # it may have finished already
         log.info("started container", extra={"fields": {"id": record.id}})
 
@@ -344,6 +359,7 @@ class ContainerService:
             await asyncio.to_thread(self._rows.delete, record.id)
             del self._records[record.id]
             self._names.pop(record.name, None)
+            self._emit(record, api_pb2.ContainerEventType.CONTAINER_DELETED_EVENT)
         self._locks.pop(record.id, None)
         log.info("removed container", extra={"fields": {"id": record.id}})
 
@@ -365,6 +381,10 @@ class SandboxLookup(Protocol):
 
     def get(self, sandbox_id: str) -> SandboxRecord: ...
 
+    def find(self, sandbox_id: str) -> SandboxRecord | None: ...
+
+    def status(self, sandbox_id: str, verbose: bool) -> tuple[api_pb2.PodSandboxStatus, dict[str, str]]: ...
+
     def lock(self, sandbox_id: str) -> asyncio.Lock: ...
 
 
@@ -374,22 +394,3 @@ async def _kill(runtime: OciRuntime, container_id: str, signal_number: int) -> N
     except OciRuntimeError as exc:
         # Already gone between our look and the kill: the wait that follows sees it.
         log.debug("kill failed", extra={"fields": {"id": container_id, "error": str(exc)}})
-
-
-def _make_dirs(parent: Path, names: tuple[str, ...]) -> None:
-    parent.mkdir(parents=True, mode=0o700)
-    for name in names:
-        (parent / name).mkdir()
-
-
-def _make_bind_source(source: Path, undo: UndoStack) -> None:
-    """Create a missing bind source as containerd does; undo removes only what was made, if still empty."""
-    missing = [source, *(p for p in source.parents if not p.exists())]
-    source.mkdir(parents=True)
-    for made in reversed(missing):
-        undo.push(f"remove bind source {made}", lambda made=made: made.rmdir())
-
-
-def _write_bundle(bundle: Path, spec: dict[str, object]) -> None:
-    bundle.mkdir(parents=True, mode=0o700)
-    (bundle / "config.json").write_text(json.dumps(spec))
