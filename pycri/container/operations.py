@@ -15,7 +15,7 @@ from pycri.image.snapshots import disk_usage
 from pycri.oci import conmon
 from pycri.oci.runtime import ContainerNotFoundError, ExecSpec, ExecTimeoutError, OciRuntimeError
 from pycri.oci.spec_resources import linux_resources
-from pycri.stats.cgroups import read_stats
+from pycri.stats.cri import fill_cpu_memory, read_stats_if_any
 
 REOPEN_WAIT_SECONDS = 5.0
 
@@ -96,19 +96,9 @@ def container_stats(service: ContainerService, record: ContainerRecord) -> api_p
     )
     now = time.time_ns()
     if record.state is ContainerState.RUNNING:
-        try:
-            cgroup = read_stats(record.cgroups_path)
-        except FileNotFoundError:
-            cgroup = None
+        cgroup = read_stats_if_any(record.cgroups_path)
         if cgroup is not None:
-            stats.cpu.timestamp = cgroup.timestamp_ns
-            stats.cpu.usage_core_nano_seconds.value = cgroup.cpu_usage_ns
-            stats.memory.timestamp = cgroup.timestamp_ns
-            stats.memory.working_set_bytes.value = cgroup.memory_working_set
-            stats.memory.usage_bytes.value = cgroup.memory_usage
-            stats.memory.rss_bytes.value = cgroup.memory_rss
-            stats.memory.page_faults.value = cgroup.page_faults
-            stats.memory.major_page_faults.value = cgroup.major_page_faults
+            fill_cpu_memory(stats.cpu, stats.memory, cgroup)
     used_bytes, inodes = disk_usage(layer_dir(service.root_dir, record.id) / "upper")
     stats.writable_layer.timestamp = now
     stats.writable_layer.fs_id.mountpoint = str(service.root_dir)

@@ -10,7 +10,7 @@ from pycri.container.operations import container_stats
 from pycri.container.service import ContainerService
 from pycri.network.netns import interface_stats
 from pycri.sandbox.metadata import SandboxRecord
-from pycri.stats.cgroups import read_stats
+from pycri.stats.cri import fill_cpu_memory, read_stats_if_any
 
 DEFAULT_INTERFACE = "eth0"
 
@@ -25,19 +25,9 @@ async def pod_sandbox_stats(record: SandboxRecord, containers: ContainerService)
         )
     )
     linux = stats.linux
-    try:
-        cgroup = await asyncio.to_thread(read_stats, record.cgroup_parent)
-    except FileNotFoundError:
-        cgroup = None
+    cgroup = await asyncio.to_thread(read_stats_if_any, record.cgroup_parent)
     if cgroup is not None:
-        linux.cpu.timestamp = cgroup.timestamp_ns
-        linux.cpu.usage_core_nano_seconds.value = cgroup.cpu_usage_ns
-        linux.memory.timestamp = cgroup.timestamp_ns
-        linux.memory.working_set_bytes.value = cgroup.memory_working_set
-        linux.memory.usage_bytes.value = cgroup.memory_usage
-        linux.memory.rss_bytes.value = cgroup.memory_rss
-        linux.memory.page_faults.value = cgroup.page_faults
-        linux.memory.major_page_faults.value = cgroup.major_page_faults
+        fill_cpu_memory(linux.cpu, linux.memory, cgroup)
         linux.process.timestamp = cgroup.timestamp_ns
         linux.process.process_count.value = cgroup.pids
     if record.netns_path is not None and record.ready:

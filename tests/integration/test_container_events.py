@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from pycri.api import api_pb2
-from tests.integration.test_sandbox_support import Node
 from tests.support.busybox_images import TestImages
-from tests.support.pods import Workloads, container_config, node_with_images, shell, wait_until, workloads_on
+from tests.support.pods import Workloads, container_config, shell, wait_until
 
 pytestmark = pytest.mark.integration
 EVENT = api_pb2.ContainerEventType
-
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
-
-
-@pytest.fixture
-def work(node: Node) -> Iterator[Workloads]:
-    with workloads_on(node) as workloads:
-        yield workloads
 
 
 def test_lifecycle_events_arrive_in_order(work: Workloads, test_images: TestImages) -> None:

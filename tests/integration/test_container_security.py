@@ -3,7 +3,6 @@ capabilities, privileged, no_new_privs, seccomp, masked paths, bind mounts and c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -12,15 +11,12 @@ import pytest
 from pycri.api import api_pb2
 from pycri.oci.spec_security import capability_names_from_mask
 from pycri.stats.cgroups import host_layout
-from tests.integration.test_sandbox_support import Node, rpc_error
-from tests.support.busybox_images import TestImages
+from tests.integration.test_sandbox_support import rpc_error
 from tests.support.pods import (
     SLEEP_FOREVER,
     Workloads,
     cgroup_dir,
     container_config,
-    node_with_images,
-    workloads_on,
 )
 
 pytestmark = pytest.mark.integration
@@ -34,23 +30,6 @@ DEFAULT_CAPABILITIES = frozenset(
     }
 )  # fmt: skip
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
-
-
-@pytest.fixture
-def work(node: Node) -> Iterator[Workloads]:
-    with workloads_on(node) as workloads:
-        yield workloads
-
-
-@pytest.fixture
-def busybox(test_images: TestImages) -> str:
-    return test_images.busybox.reference
 
 
 def sleeper(name: str, image: str, **fields: object) -> api_pb2.ContainerConfig:

@@ -3,22 +3,16 @@ busybox httpd in a pod answers the host at the pod IP, another pod, and a host p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from pycri.api import api_pb2
 from tests.integration.test_cni import free_local_port, wait_for_http
-from tests.integration.test_sandbox_support import Node
-from tests.support.busybox_images import TestImages
 from tests.support.pods import (
     SLEEP_FOREVER,
     Pod,
     Workloads,
     container_config,
-    node_with_images,
     shell,
-    workloads_on,
 )
 
 pytestmark = pytest.mark.integration
@@ -26,23 +20,6 @@ pytestmark = pytest.mark.integration
 HTTP_PORT = 8080
 PAGE = "hello from the pod\n"
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
-
-
-@pytest.fixture
-def work(node: Node) -> Iterator[Workloads]:
-    with workloads_on(node) as workloads:
-        yield workloads
-
-
-@pytest.fixture
-def busybox(test_images: TestImages) -> str:
-    return test_images.busybox.reference
 
 
 def web_server(work: Workloads, pod: Pod, busybox: str) -> str:

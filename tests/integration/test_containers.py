@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -26,11 +26,9 @@ from tests.support.pods import (
     cgroup_dir,
     conmons_of,
     container_config,
-    node_with_images,
     pod_cgroup,
     shell,
     wait_until,
-    workloads_on,
 )
 
 pytestmark = pytest.mark.integration
@@ -38,23 +36,6 @@ pytestmark = pytest.mark.integration
 CRI_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{1,9}(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) (.*)$")
 # Runs until /tmp/done exists, then exits with the code in it.
 EXIT_ON_REQUEST = shell("while [ ! -e /tmp/done ]; do sleep 0.05; done; exit $(cat /tmp/done)")
-
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
-
-
-@pytest.fixture
-def work(node: Node) -> Iterator[Workloads]:
-    with workloads_on(node) as workloads:
-        yield workloads
-
-
-@pytest.fixture
-def busybox(test_images: TestImages) -> str:
-    return test_images.busybox.reference
 
 
 @pytest.fixture

@@ -15,17 +15,11 @@ import pytest
 from tests.integration.test_sandbox_support import TEST_NAMESPACE, Node
 from tests.support.busybox_images import TestImages
 from tests.support.crictl import crictl, crictl_ok, needs_crictl
-from tests.support.pods import node_with_images, remove_pod_cgroup, wait_until
+from tests.support.pods import remove_pod_cgroup, wait_until
 
 pytestmark = [pytest.mark.integration, needs_crictl]
 
 CONTAINER_PID = 1  # NamespaceMode CONTAINER in crictl's JSON: every container has its own PID namespace
-
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
 
 
 def write_json(path: Path, document: dict[str, Any]) -> str:

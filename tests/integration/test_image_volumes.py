@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
 from pycri.api import api_pb2
-from tests.integration.test_sandbox_support import Node, rpc_error
+from tests.integration.test_sandbox_support import rpc_error
 from tests.support.busybox_images import TestImages
-from tests.support.pods import SLEEP_FOREVER, Workloads, container_config, node_with_images, workloads_on
+from tests.support.pods import SLEEP_FOREVER, Workloads, container_config
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
-
-
-@pytest.fixture
-def work(node: Node) -> Iterator[Workloads]:
-    with workloads_on(node) as workloads:
-        yield workloads
 
 
 def with_volume(test_images: TestImages, readonly: bool = True, sub_path: str = "") -> api_pb2.ContainerConfig:

@@ -15,18 +15,9 @@ from typing import Any
 import grpc
 
 from pycri.api import api_pb2_grpc
+from pycri.config import toml_value
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_toml(table: dict[str, Any], prefix: str = "") -> str:
