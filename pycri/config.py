@@ -72,6 +72,17 @@ class ImageSection:
 
 
 @dataclass
+class StreamingSection:
+    """The HTTP server behind the Exec, Attach and PortForward URLs."""
+
+    address: str = "127.0.0.1"
+    # 0 picks a free port at start.
+    port: int = 0
+    # Seconds a URL from Exec, Attach or PortForward stays usable (once).
+    token_ttl: float = 60.0
+
+
+@dataclass
 class Config:
     socket: Path = Path("/run/pycri/pycri.sock")
     root_dir: Path = Path("/var/lib/pycri")
@@ -80,6 +91,7 @@ class Config:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     cni: CniSection = field(default_factory=CniSection)
     images: ImageSection = field(default_factory=ImageSection)
+    streaming: StreamingSection = field(default_factory=StreamingSection)
 
     @property
     def db_path(self) -> Path:
@@ -175,6 +187,14 @@ def _validate(config: Config) -> None:
         raise bad("images.max_concurrent_downloads", config.images.max_concurrent_downloads, "expected >= 1")
     if config.images.platform.count("/") not in (1, 2):
         raise bad("images.platform", config.images.platform, "expected os/arch or os/arch/variant")
+    if not 0 <= config.streaming.port <= 65535:
+        raise bad("streaming.port", config.streaming.port, "expected 0..65535")
+    if config.streaming.token_ttl <= 0:
+        raise bad("streaming.token_ttl", config.streaming.token_ttl, "expected seconds > 0")
+    try:
+        ipaddress.ip_address(config.streaming.address)
+    except ValueError:
+        raise bad("streaming.address", config.streaming.address, "expected an IP address") from None
     try:
         ipaddress.ip_network(config.cni.default_subnet)
     except ValueError:

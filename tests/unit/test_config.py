@@ -76,6 +76,9 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("[cni]\ninstall_default_config = 1", "cni.install_default_config"),
         ("[runtime]\ndefault_handler = 'kata'", "runtime.default_handler"),
         ("[runtime.handlers.runc]\npaht = '/usr/sbin/runc'", "runtime.handlers.runc.paht"),
+        ("[streaming]\nport = 70000", "streaming.port"),
+        ("[streaming]\ntoken_ttl = 0", "streaming.token_ttl"),
+        ("[streaming]\naddress = 'localhost'", "streaming.address"),
         ("runtime = 3", "runtime"),
     ],
 )
