@@ -15,7 +15,9 @@ from pycri.server.runtime import (
     get_container_events,
     list_container_stats,
     list_containers,
+    list_metric_descriptors,
     list_pod_sandbox,
+    list_pod_sandbox_metrics,
     list_pod_sandbox_stats,
     pod_sandbox_stats,
     pod_sandbox_status,
@@ -30,6 +32,7 @@ from pycri.server.runtime import (
     stop_pod_sandbox,
     stream_container_stats,
     stream_containers,
+    stream_pod_sandbox_metrics,
     stream_pod_sandbox_stats,
     stream_pod_sandboxes,
     update_container_resources,
@@ -65,6 +68,9 @@ RUNTIME_SERVICE: dict[str, Handler] = {
     "PodSandboxStats": pod_sandbox_stats.handle,
     "ListPodSandboxStats": list_pod_sandbox_stats.handle,
     "StreamPodSandboxStats": stream_pod_sandbox_stats.handle,
+    "ListMetricDescriptors": list_metric_descriptors.handle,
+    "ListPodSandboxMetrics": list_pod_sandbox_metrics.handle,
+    "StreamPodSandboxMetrics": stream_pod_sandbox_metrics.handle,
 }
 
 IMAGE_SERVICE: dict[str, Handler] = {
