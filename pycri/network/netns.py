@@ -61,7 +61,7 @@ def _check(result: int, what: str, path: Path | str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}", str(path))
 
 
-def _run_in_disposable_thread(work: Callable[[], T]) -> T:
+def run_in_disposable_thread(work: Callable[[], T]) -> T:
     """Run `work` on a fresh OS thread that exits afterwards, and return its result."""
     outcome: list[T] = []
     failure: list[BaseException] = []
@@ -80,7 +80,7 @@ def _run_in_disposable_thread(work: Callable[[], T]) -> T:
     return outcome[0]
 
 
-def _enter_namespace(path: Path, kind: NamespaceKind) -> None:
+def enter_namespace(path: Path, kind: NamespaceKind) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc.setns(fd, _CLONE_FLAGS[kind]), f"setns {kind}", path)
@@ -110,7 +110,7 @@ def create_namespace(kind: NamespaceKind, path: Path, *, hostname: str | None = 
         _check(_libc.mount(source, os.fsencode(path), None, _MS_BIND, None), "bind mount", path)
 
     try:
-        _run_in_disposable_thread(unshare_and_pin)
+        run_in_disposable_thread(unshare_and_pin)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -144,11 +144,11 @@ def is_namespace_pinned(path: Path) -> bool:
 
 def _netlink_socket_in(netns_path: Path) -> socket.socket:
     def open_socket() -> socket.socket:
-        _enter_namespace(netns_path, "net")
+        enter_namespace(netns_path, "net")
         # A socket stays bound to the namespace it was created in.
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
 
-    return _run_in_disposable_thread(open_socket)
+    return run_in_disposable_thread(open_socket)
 
 
 @asynccontextmanager

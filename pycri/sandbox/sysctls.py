@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from pycri.errors import InvalidArgument
-from pycri.network.netns import _enter_namespace, _run_in_disposable_thread
+from pycri.network.netns import enter_namespace, run_in_disposable_thread
 
 PROC_SYS = Path("/proc/sys")
 
@@ -103,8 +103,8 @@ def apply_sysctls(sysctls: list[Sysctl], *, netns_path: Path | None, ipc_path: P
             pin = pins[kind]
             if pin is None:
                 raise InvalidArgument(f"a {kind} sysctl needs the pod's own {kind} namespace")
-            _enter_namespace(pin, kind)
+            enter_namespace(pin, kind)
         for sysctl in sysctls:
             _write(sysctl)
 
-    _run_in_disposable_thread(write_all)
+    run_in_disposable_thread(write_all)

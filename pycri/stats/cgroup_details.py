@@ -19,12 +19,12 @@ from pathlib import Path
 
 from pycri.stats.cgroups import (
     CgroupLayout,
-    _read_optional,
-    _relative,
     host_layout,
     parse_int,
     parse_keyed,
     parse_limit,
+    read_optional,
+    relative_path,
 )
 
 V1_FILES = {
@@ -279,7 +279,7 @@ def details_v2(files: Mapping[str, str], pids: Iterable[int] = ()) -> CgroupDeta
 def read_details(cgroup_path: str, layout: CgroupLayout | None = None) -> CgroupDetails:
     """Read a cgroup's details; FileNotFoundError when the cgroup does not exist."""
     layout = layout or host_layout()
-    relative = _relative(cgroup_path)
+    relative = relative_path(cgroup_path)
     if layout.unified is not None:
         directory = layout.unified / relative
         if not directory.is_dir():
@@ -338,7 +338,7 @@ def _device_number(text: str) -> tuple[int, int] | None:
 
 
 def _read_files(directory: Path, names: Iterable[str]) -> dict[str, str]:
-    return {name: _read_optional(directory / name) for name in names}
+    return {name: read_optional(directory / name) for name in names}
 
 
 def _read_extras(directory: Path) -> dict[str, str]:
@@ -354,5 +354,5 @@ def _read_extras(directory: Path) -> dict[str, str]:
 def _procs_below(directory: Path) -> list[int]:
     pids: list[int] = []
     for parent, _, _ in os.walk(directory):
-        pids.extend(int(line) for line in _read_optional(Path(parent) / "cgroup.procs").split())
+        pids.extend(int(line) for line in read_optional(Path(parent) / "cgroup.procs").split())
     return pids

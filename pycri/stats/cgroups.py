@@ -45,7 +45,7 @@ class CgroupLayout:
 
     def hierarchy_dirs(self, cgroup_path: str) -> list[Path]:
         """The cgroup's directory in every hierarchy (one directory on v2)."""
-        relative = _relative(cgroup_path)
+        relative = relative_path(cgroup_path)
         return [mount / relative for mount in self.hierarchy_mounts()]
 
 
@@ -165,18 +165,18 @@ def stats_v2(
 def read_stats(cgroup_path: str, layout: CgroupLayout | None = None) -> CgroupStats:
     """Read a cgroup's stats; FileNotFoundError when the cgroup does not exist."""
     layout = layout or host_layout()
-    relative = _relative(cgroup_path)
+    relative = relative_path(cgroup_path)
     timestamp_ns = time.time_ns()
     if layout.unified is not None:
         directory = layout.unified / relative
         if not directory.is_dir():
             raise FileNotFoundError(errno.ENOENT, "no such cgroup", str(directory))
         return stats_v2(
-            cpu_stat=_read_optional(directory / "cpu.stat"),
-            memory_current=_read_optional(directory / "memory.current"),
-            memory_max=_read_optional(directory / "memory.max"),
-            memory_stat=_read_optional(directory / "memory.stat"),
-            pids_current=_read_optional(directory / "pids.current"),
+            cpu_stat=read_optional(directory / "cpu.stat"),
+            memory_current=read_optional(directory / "memory.current"),
+            memory_max=read_optional(directory / "memory.max"),
+            memory_stat=read_optional(directory / "memory.stat"),
+            pids_current=read_optional(directory / "pids.current"),
             timestamp_ns=timestamp_ns,
         )
     memory = _v1_dir(layout, "memory", relative)
@@ -185,11 +185,11 @@ def read_stats(cgroup_path: str, layout: CgroupLayout | None = None) -> CgroupSt
     cpuacct = _v1_dir(layout, "cpuacct", relative)
     pids = _v1_dir(layout, "pids", relative)
     return stats_v1(
-        cpuacct_usage=_read_optional(cpuacct / "cpuacct.usage") if cpuacct else "",
-        memory_usage=_read_optional(memory / "memory.usage_in_bytes"),
-        memory_limit=_read_optional(memory / "memory.limit_in_bytes"),
-        memory_stat=_read_optional(memory / "memory.stat"),
-        pids_current=_read_optional(pids / "pids.current") if pids else "",
+        cpuacct_usage=read_optional(cpuacct / "cpuacct.usage") if cpuacct else "",
+        memory_usage=read_optional(memory / "memory.usage_in_bytes"),
+        memory_limit=read_optional(memory / "memory.limit_in_bytes"),
+        memory_stat=read_optional(memory / "memory.stat"),
+        pids_current=read_optional(pids / "pids.current") if pids else "",
         timestamp_ns=timestamp_ns,
     )
 
@@ -202,7 +202,7 @@ def join_cgroup(cgroup_path: str, pid: int, layout: CgroupLayout | None = None) 
     """Create the cgroup where missing and move a process into it. On v1 the cpuset
     hierarchy is left alone (a new cpuset needs cpus and mems before it takes tasks)."""
     layout = layout or host_layout()
-    relative = _relative(cgroup_path)
+    relative = relative_path(cgroup_path)
     cpuset = layout.v1.get("cpuset")
     for mount in layout.hierarchy_mounts():
         if mount == cpuset:
@@ -237,7 +237,7 @@ async def _rmdir_retrying(directory: Path) -> None:
             await asyncio.sleep(0.01 * 2**attempt)
 
 
-def _relative(cgroup_path: str) -> PurePosixPath:
+def relative_path(cgroup_path: str) -> PurePosixPath:
     path = PurePosixPath(cgroup_path)
     if not path.is_absolute() or ".." in path.parts or path == PurePosixPath("/"):
         raise ValueError(f"cgroup path must be absolute, below the root and without '..': {cgroup_path!r}")
@@ -249,7 +249,7 @@ def _v1_dir(layout: CgroupLayout, controller: str, relative: PurePosixPath) -> P
     return mount / relative if mount is not None else None
 
 
-def _read_optional(path: Path) -> str:
+def read_optional(path: Path) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:
