@@ -19,6 +19,7 @@ from pycri.network.cni_config import installed_default_config
 from pycri.sandbox.metadata import SandboxRecord
 from pycri.sandbox.service import SandboxService
 from pycri.state.store import Store
+from pycri.stream.service import StreamService
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Daemon:
     images: ImageService
     sandboxes: SandboxService
     containers: ContainerService
+    streams: StreamService
     # What each runtime handler can do, read from `<runtime> features` at start.
     handler_features: dict[str, api_pb2.RuntimeHandlerFeatures] = field(default_factory=dict)
     _lock_fd: int = -1
@@ -68,7 +70,8 @@ class Daemon:
         images = ImageService(config, store)
         sandboxes = SandboxService(config, store, network, images)
         containers = ContainerService(config, store, images, sandboxes)
-        daemon = cls(config, store, network, images, sandboxes, containers, _lock_fd=lock_fd)
+        streams = StreamService(config, containers, sandboxes)
+        daemon = cls(config, store, network, images, sandboxes, containers, streams, _lock_fd=lock_fd)
         sandboxes.add_stop_hook(daemon._stop_pod_containers)
         sandboxes.add_remove_hook(daemon._remove_pod_containers)
         return daemon
@@ -86,6 +89,7 @@ class Daemon:
                 recursive_read_only_mounts="rro" in (features.get("mountOptions") or []),
                 user_namespaces=False,  # the spec generator refuses user namespaces for now
             )
+        await self.streams.start()
 
     async def _stop_pod_containers(self, sandbox: SandboxRecord) -> None:
         """StopPodSandbox ends every container of the pod at once, as CRI asks."""

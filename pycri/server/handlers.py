@@ -8,9 +8,11 @@ from pycri.daemon import Daemon
 from pycri.server.dispatch import Handler, service_handler
 from pycri.server.image import image_fs_info, image_status, list_images, pull_image, remove_image, stream_images
 from pycri.server.runtime import (
+    attach,
     container_stats,
     container_status,
     create_container,
+    exec,
     exec_sync,
     get_container_events,
     list_container_stats,
@@ -21,6 +23,7 @@ from pycri.server.runtime import (
     list_pod_sandbox_stats,
     pod_sandbox_stats,
     pod_sandbox_status,
+    port_forward,
     remove_container,
     remove_pod_sandbox,
     reopen_container_log,
@@ -59,6 +62,9 @@ RUNTIME_SERVICE: dict[str, Handler] = {
     "ListContainers": list_containers.handle,
     "StreamContainers": stream_containers.handle,
     "ExecSync": exec_sync.handle,
+    "Exec": exec.handle,
+    "Attach": attach.handle,
+    "PortForward": port_forward.handle,
     "UpdateContainerResources": update_container_resources.handle,
     "ReopenContainerLog": reopen_container_log.handle,
     "GetContainerEvents": get_container_events.handle,

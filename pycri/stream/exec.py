@@ -1,0 +1,190 @@
+"""Exec over a stream: `runc exec` in the foreground, wired to the client's channels.
+
+Without a terminal, runc hands its stdio to the exec'd process, so the process's
+output comes straight through our pipes. With one, runc allocates the container's
+pty itself and copies it to and from its own stdio, which must be a terminal: as
+CRI-O does, runc's stdio is a pty of ours, and a resize sets our pty's size and
+sends runc SIGWINCH, upon which runc copies the size to the container's pty. (A
+console socket would hand us the container's pty directly, but runc accepts one only
+when it detaches, and then nobody could wait for the exit code.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import struct
+import tempfile
+import termios
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from pycri.oci.runtime import EXEC_OUTPUT_DRAIN_SECONDS, ExecSpec, OciRuntime, _kill_exec, exec_process, last_error_line
+from pycri.stream.remotecommand import CommandStreams, Outcome, TerminalSize
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 32 * 1024
+
+
+async def run_exec(
+    runtime: OciRuntime, container_id: str, bundle: Path, command: list[str], streams: CommandStreams
+) -> Outcome:
+    """Run `command` in the container until it exits or the client goes away (then it is killed)."""
+    tty = streams.options.tty
+    config = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
+    env = list(config["process"].get("env") or [])
+    if tty and not any(entry.startswith("TERM=") for entry in env):
+        env.append("TERM=xterm")  # as containerd and CRI-O give a terminal exec
+    process = exec_process(config["process"], ExecSpec(args=command, env=env, tty=tty))
+    with tempfile.TemporaryDirectory(prefix="pycri-exec-") as workdir:
+        process_file = Path(workdir, "process.json")
+        process_file.write_text(json.dumps(process))
+        pid_file, log_file = Path(workdir, "exec.pid"), Path(workdir, "runtime.log")
+        argv = [
+            str(runtime.handler.path), *runtime.global_args(), "--log", str(log_file), "--log-format", "json",
+            "exec", "--process", str(process_file), "--pid-file", str(pid_file), container_id,
+        ]  # fmt: skip
+        runner = _run_on_terminal if tty else _run_on_pipes
+        returncode = await runner(argv, pid_file, streams)
+        error_line = last_error_line(log_file.read_text()) if log_file.exists() else ""
+    if returncode is None:
+        return Outcome(error="the client went away; the process was killed", command=tuple(command))
+    if error_line:
+        return Outcome(error=f"{runtime.handler.name} exec {container_id}: {error_line}", command=tuple(command))
+    log.info("exec finished", extra={"fields": {"container_id": container_id, "exit_code": returncode}})
+    return Outcome(exit_code=returncode, command=tuple(command))
+
+
+async def _run_on_pipes(argv: list[str], pid_file: Path, streams: CommandStreams) -> int | None:
+    options = streams.options
+    pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=pipe if options.stdin else null,
+        stdout=pipe if options.stdout else null,
+        stderr=pipe if options.stderr else null,
+    )
+    outputs = []
+    if proc.stdout is not None:
+        outputs.append(asyncio.create_task(_copy_output(proc.stdout.read, streams.write_stdout)))
+    if proc.stderr is not None:
+        outputs.append(asyncio.create_task(_copy_output(proc.stderr.read, streams.write_stderr)))
+    feeder = asyncio.create_task(_feed_pipe(streams, proc.stdin)) if proc.stdin is not None else None
+    return await _wait(proc, pid_file, streams, outputs, [feeder] if feeder else [])
+
+
+async def _run_on_terminal(argv: list[str], pid_file: Path, streams: CommandStreams) -> int | None:
+    master, slave = os.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=slave, stdout=slave, stderr=slave)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    input_fd = os.dup(master)  # a separate fd: closing the reader's transport closes `master`
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", 0)
+    )
+    try:
+        outputs = [asyncio.create_task(_copy_output(_pty_reader(reader), streams.write_stdout))]
+        helpers = [
+            asyncio.create_task(_feed_terminal(streams, input_fd)),
+            asyncio.create_task(_apply_resizes(streams, input_fd, proc)),
+        ]
+        return await _wait(proc, pid_file, streams, outputs, helpers)
+    finally:
+        transport.close()
+        os.close(input_fd)
+
+
+async def _wait(
+    proc: asyncio.subprocess.Process, pid_file: Path, streams: CommandStreams, outputs: list[asyncio.Task[None]],
+    helpers: list[asyncio.Task[None]],
+) -> int | None:  # fmt: skip
+    """The exit code once runc exits and the output is drained; None (process killed) if the client left."""
+    exited = asyncio.create_task(proc.wait())
+    gone = asyncio.create_task(streams.client_gone.wait())
+    try:
+        await asyncio.wait({exited, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not exited.done():
+            await _kill_exec(proc, pid_file)
+            return None
+        # Processes the command left behind may hold the output open; stop waiting for them.
+        await asyncio.wait(outputs, timeout=EXEC_OUTPUT_DRAIN_SECONDS)
+        return proc.returncode
+    except asyncio.CancelledError:
+        await asyncio.shield(_kill_exec(proc, pid_file))
+        raise
+    finally:
+        for task in (exited, gone, *outputs, *helpers):
+            task.cancel()
+
+
+async def _copy_output(read: Callable[[int], Awaitable[bytes]], write: Callable[[bytes], Awaitable[None]]) -> None:
+    while data := await read(READ_SIZE):
+        await write(data)
+
+
+def _pty_reader(reader: asyncio.StreamReader) -> Callable[[int], Awaitable[bytes]]:
+    """Reads of the pty master; its end shows as EIO once runc, the last holder of the other side, exits."""
+
+    async def read(size: int) -> bytes:
+        try:
+            return await reader.read(size)
+        except OSError as error:
+            if error.errno == errno.EIO:
+                return b""
+            raise
+
+    return read
+
+
+async def _feed_pipe(streams: CommandStreams, stdin: asyncio.StreamWriter) -> None:
+    try:
+        while data := await streams.read_stdin():
+            stdin.write(data)
+            await stdin.drain()
+    except ConnectionError:
+        pass  # the process closed its stdin
+    finally:
+        stdin.close()
+
+
+async def _feed_terminal(streams: CommandStreams, master: int) -> None:
+    """Client input to the terminal; its end does not end the terminal (as with kubelet)."""
+    loop = asyncio.get_running_loop()
+    while data := await streams.read_stdin():
+        while data:
+            try:
+                written = os.write(master, data)
+            except BlockingIOError:
+                writable = loop.create_future()
+                loop.add_writer(master, writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(master)
+                continue
+            except OSError:
+                return  # the other side is gone
+            data = data[written:]
+
+
+async def _apply_resizes(streams: CommandStreams, master: int, runc: asyncio.subprocess.Process) -> None:
+    while True:
+        size: TerminalSize = await streams.resizes.get()
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
+        # runc is our unreaped child while returncode is None, so its pid is still its own.
+        if runc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(runc.pid, signal.SIGWINCH)
