@@ -61,6 +61,7 @@ class TcpByteStream:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self._write_closed = False
 
     async def read(self) -> bytes:
         try:
@@ -69,7 +70,7 @@ class TcpByteStream:
             return b""
 
     def write(self, data: bytes) -> None:
-        if not self._writer.is_closing():
+        if not self._write_closed and not self._writer.is_closing():
             self._writer.write(data)
 
     async def drain(self) -> None:
@@ -77,9 +78,10 @@ class TcpByteStream:
             await self._writer.drain()
 
     def close_write(self) -> None:
-        if not self._writer.is_closing() and self._writer.can_write_eof():
+        if not self._write_closed and not self._writer.is_closing() and self._writer.can_write_eof():
             with contextlib.suppress(OSError):
                 self._writer.write_eof()
+        self._write_closed = True
 
     def close(self) -> None:
         self._writer.close()
@@ -156,6 +158,10 @@ class SpdyStream:
         self._client_done = True
         self._changed.set()
 
+    def _reset_by_client(self) -> None:
+        self._we_are_done = True
+        self._end()
+
 
 class SpdySession:
     def __init__(self, transport: ByteStream) -> None:
@@ -228,8 +234,7 @@ class SpdySession:
             case RstStream(stream_id):
                 reset = self._streams.pop(stream_id, None)
                 if reset is not None:
-                    reset._we_are_done = True
-                    reset._end()
+                    reset._reset_by_client()
             case Ping(ping_id) if ping_id % 2 == 1:
                 self.send(Ping(ping_id))  # the client's ping: echo it
             case GoAway():
