@@ -15,16 +15,22 @@ import pytest
 from pycri.api import api_pb2
 from tests.integration.test_sandbox_support import Node, rpc_error
 from tests.integration.test_streaming_support import (
+    CLOSED_PORT,
+    HTTP_PORT,
     SpdyClient,
     WebSocketClient,
+    attach_url,
+    exec_url,
     exit_code,
     http_upgrade,
+    port_forward_url,
+    sleeping_container,
     spdy_command,
     spdy_upgrade,
+    web_pod,
 )
 from tests.support.busybox_images import TestImages
 from tests.support.pods import (
-    RPC_TIMEOUT,
     SLEEP_FOREVER,
     Pod,
     Workloads,
@@ -36,10 +42,6 @@ from tests.support.pods import (
 )
 
 pytestmark = pytest.mark.integration
-
-HTTP_PORT = 8080
-CLOSED_PORT = 9
-
 
 @pytest.fixture(scope="module")
 def node(test_images: TestImages) -> Iterator[Node]:
@@ -60,32 +62,12 @@ def busybox(test_images: TestImages) -> str:
 
 @pytest.fixture(scope="module")
 def box(work: Workloads, busybox: str) -> str:
-    """A running container that sleeps: what the exec tests run their commands in."""
-    return work.run(work.pod("streams"), container_config("box", busybox, *SLEEP_FOREVER))
+    return sleeping_container(work, busybox)
 
 
 @pytest.fixture(scope="module")
 def web(work: Workloads, busybox: str) -> Pod:
-    """A pod whose container serves /etc over HTTP on HTTP_PORT (on every address of the pod)."""
-    pod = work.pod("web")
-    work.run(pod, container_config("httpd", busybox, "httpd", "-f", "-p", str(HTTP_PORT), "-h", "/etc"))
-    return pod
-
-
-def exec_url(work: Workloads, container_id: str, *command: str, **flags: bool) -> str:
-    flags = {"stdout": True, "stderr": True, **flags}
-    request = api_pb2.ExecRequest(container_id=container_id, cmd=list(command), **flags)
-    return work.runtime.Exec(request, timeout=RPC_TIMEOUT).url
-
-
-def attach_url(work: Workloads, container_id: str, **flags: bool) -> str:
-    request = api_pb2.AttachRequest(container_id=container_id, **flags)
-    return work.runtime.Attach(request, timeout=RPC_TIMEOUT).url
-
-
-def port_forward_url(work: Workloads, pod: Pod, *ports: int) -> str:
-    request = api_pb2.PortForwardRequest(pod_sandbox_id=pod.id, port=list(ports))
-    return work.runtime.PortForward(request, timeout=RPC_TIMEOUT).url
+    return web_pod(work, busybox)
 
 
 # ---- the RPCs ----

@@ -13,10 +13,42 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from pycri.api import api_pb2
 from pycri.stream.spdy import DataFrame, FrameDecoder, FrameEncoder, GoAway, RstStream, SynReply, SynStream
 from pycri.stream.websocket import Opcode, encode_frame
+from tests.support.pods import RPC_TIMEOUT, SLEEP_FOREVER, Pod, Workloads, container_config
 
 WAIT_SECONDS = 30.0
+HTTP_PORT = 8080
+CLOSED_PORT = 9
+
+
+def sleeping_container(work: Workloads, busybox: str) -> str:
+    """A running container that sleeps, in a pod of its own: where exec tests run their commands."""
+    return work.run(work.pod("streams"), container_config("box", busybox, *SLEEP_FOREVER))
+
+
+def web_pod(work: Workloads, busybox: str) -> Pod:
+    """A pod whose container serves /etc over HTTP on HTTP_PORT (on every address of the pod)."""
+    pod = work.pod("web")
+    work.run(pod, container_config("httpd", busybox, "httpd", "-f", "-p", str(HTTP_PORT), "-h", "/etc"))
+    return pod
+
+
+def exec_url(work: Workloads, container_id: str, *command: str, **flags: bool) -> str:
+    flags = {"stdout": True, "stderr": True, **flags}
+    request = api_pb2.ExecRequest(container_id=container_id, cmd=list(command), **flags)
+    return work.runtime.Exec(request, timeout=RPC_TIMEOUT).url
+
+
+def attach_url(work: Workloads, container_id: str, **flags: bool) -> str:
+    request = api_pb2.AttachRequest(container_id=container_id, **flags)
+    return work.runtime.Attach(request, timeout=RPC_TIMEOUT).url
+
+
+def port_forward_url(work: Workloads, pod: Pod, *ports: int) -> str:
+    request = api_pb2.PortForwardRequest(pod_sandbox_id=pod.id, port=list(ports))
+    return work.runtime.PortForward(request, timeout=RPC_TIMEOUT).url
 
 
 @dataclass
