@@ -115,7 +115,7 @@ class ResizeDecoder:
             text = self._pending.lstrip()
             try:
                 value, end = self._json.raw_decode(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 if len(text) > self.MAX_PENDING:
                     self._pending = ""  # not JSON, and never will be
                 break
