@@ -38,7 +38,10 @@ async def run_exec(
 ) -> Outcome:
     """Run `command` in the container until it exits or the client goes away (then it is killed)."""
     tty = streams.options.tty
-    config = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
+    try:
+        config = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
+    except (OSError, ValueError) as error:
+        return Outcome(error=f"exec in container {container_id}: its bundle cannot be read: {error}")
     env = list(config["process"].get("env") or [])
     if tty and not any(entry.startswith("TERM=") for entry in env):
         env.append("TERM=xterm")  # as containerd and CRI-O give a terminal exec
@@ -52,7 +55,10 @@ async def run_exec(
             "exec", "--process", str(process_file), "--pid-file", str(pid_file), container_id,
         ]  # fmt: skip
         runner = _run_on_terminal if tty else _run_on_pipes
-        returncode = await runner(argv, pid_file, streams)
+        try:
+            returncode = await runner(argv, pid_file, streams)
+        except OSError as error:
+            return Outcome(error=f"{runtime.handler.name} exec {container_id}: {error}", command=tuple(command))
         error_line = last_error_line(log_file.read_text()) if log_file.exists() else ""
     if returncode is None:
         return Outcome(error="the client went away; the process was killed", command=tuple(command))

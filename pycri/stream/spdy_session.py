@@ -141,6 +141,7 @@ class SpdyStream:
         if not self._we_are_done:
             self._we_are_done = True
             self._session.send(DataFrame(self.id, b"", fin=True))
+            self._forget_when_done()
 
     # ---- for the session ----
 
@@ -157,6 +158,11 @@ class SpdyStream:
     def _end(self) -> None:
         self._client_done = True
         self._changed.set()
+        self._forget_when_done()
+
+    def _forget_when_done(self) -> None:
+        if self._we_are_done and self._client_done:
+            self._session._forget(self.id)
 
     def _reset_by_client(self) -> None:
         self._we_are_done = True
@@ -199,7 +205,7 @@ class SpdySession:
             self.send(GoAway(self._last_stream_id, GOAWAY_PROTOCOL_ERROR))
         finally:
             self.closed.set()
-            for stream in self._streams.values():
+            for stream in list(self._streams.values()):
                 stream._end()
             self._incoming.put_nowait(None)
 
@@ -214,6 +220,10 @@ class SpdySession:
             await asyncio.wait_for(asyncio.shield(serving), CLOSE_WAIT_SECONDS)
         serving.cancel()
         self._transport.close()
+
+    def _forget(self, stream_id: int) -> None:
+        """Drop a stream both sides have finished (a long port-forward opens many)."""
+        self._streams.pop(stream_id, None)
 
     async def _handle(self, frame: Frame) -> None:
         match frame:
