@@ -237,10 +237,10 @@ class OciRuntime:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
                 timed_out = True
-                await _kill_exec(proc, pid_file)
+                await kill_exec(proc, pid_file)
             except asyncio.CancelledError:
                 readers.cancel()
-                await _kill_exec(proc, pid_file)
+                await kill_exec(proc, pid_file)
                 raise
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(readers, EXEC_OUTPUT_DRAIN_SECONDS)
@@ -293,7 +293,7 @@ async def _collect(stream: asyncio.StreamReader, sink: bytearray) -> None:
             sink += chunk[:room]
 
 
-async def _kill_exec(runtime_proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+async def kill_exec(runtime_proc: asyncio.subprocess.Process, pid_file: Path) -> None:
     """Kill an exec'd process with its process group (runc makes it a session leader;
     if it leads no group, the process alone), then the runtime call waiting for it."""
     loop = asyncio.get_running_loop()

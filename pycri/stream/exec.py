@@ -25,7 +25,7 @@ import termios
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pycri.oci.runtime import EXEC_OUTPUT_DRAIN_SECONDS, ExecSpec, OciRuntime, _kill_exec, exec_process, last_error_line
+from pycri.oci.runtime import EXEC_OUTPUT_DRAIN_SECONDS, ExecSpec, OciRuntime, exec_process, kill_exec, last_error_line
 from pycri.stream.remotecommand import CommandStreams, Outcome, TerminalSize
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,13 @@ async def _wait(
     try:
         await asyncio.wait({exited, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not exited.done():
-            await _kill_exec(proc, pid_file)
+            await kill_exec(proc, pid_file)
             return None
         # Processes the command left behind may hold the output open; stop waiting for them.
         await asyncio.wait(outputs, timeout=EXEC_OUTPUT_DRAIN_SECONDS)
         return proc.returncode
     except asyncio.CancelledError:
-        await asyncio.shield(_kill_exec(proc, pid_file))
+        await asyncio.shield(kill_exec(proc, pid_file))
         raise
     finally:
         for task in (exited, gone, *outputs, *helpers):
