@@ -35,19 +35,12 @@ from tests.support.pods import (
     Pod,
     Workloads,
     container_config,
-    node_with_images,
     shell,
     wait_until,
     workloads_on,
 )
 
 pytestmark = pytest.mark.integration
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
-
 
 @pytest.fixture(scope="module")
 def work(node: Node) -> Iterator[Workloads]:

@@ -21,7 +21,6 @@ from tests.support.pods import (
     RPC_TIMEOUT,
     Workloads,
     container_config,
-    node_with_images,
     shell,
     wait_until,
     workloads_on,
@@ -30,12 +29,6 @@ from tests.support.pods import (
 pytestmark = pytest.mark.integration
 
 TRANSPORTS = ("spdy", "websocket")
-
-
-@pytest.fixture(scope="module")
-def node(test_images: TestImages) -> Iterator[Node]:
-    with node_with_images(test_images) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
