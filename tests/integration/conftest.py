@@ -38,6 +38,6 @@ def work(node: Node) -> Iterator[Workloads]:
         yield workloads
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def busybox(test_images: TestImages) -> str:
     return test_images.busybox.reference

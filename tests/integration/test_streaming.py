@@ -29,7 +29,6 @@ from tests.integration.test_streaming_support import (
     spdy_upgrade,
     web_pod,
 )
-from tests.support.busybox_images import TestImages
 from tests.support.pods import (
     SLEEP_FOREVER,
     Pod,
@@ -42,15 +41,11 @@ from tests.support.pods import (
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture(scope="module")
 def work(node: Node) -> Iterator[Workloads]:
     with workloads_on(node) as workloads:
         yield workloads
-
-
-@pytest.fixture(scope="module")
-def busybox(test_images: TestImages) -> str:
-    return test_images.busybox.reference
 
 
 @pytest.fixture(scope="module")

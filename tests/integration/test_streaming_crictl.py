@@ -15,7 +15,6 @@ import pytest
 from pycri.api import api_pb2
 from tests.integration.test_sandbox_support import Node, running_node
 from tests.integration.test_streaming_support import HTTP_PORT, sleeping_container, spdy_upgrade, web_pod
-from tests.support.busybox_images import TestImages
 from tests.support.crictl import CRICTL, crictl, needs_crictl
 from tests.support.pods import (
     RPC_TIMEOUT,
@@ -35,11 +34,6 @@ TRANSPORTS = ("spdy", "websocket")
 def work(node: Node) -> Iterator[Workloads]:
     with workloads_on(node) as workloads:
         yield workloads
-
-
-@pytest.fixture(scope="module")
-def busybox(test_images: TestImages) -> str:
-    return test_images.busybox.reference
 
 
 @pytest.fixture(scope="module")
