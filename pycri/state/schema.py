@@ -78,4 +78,51 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX containers_by_sandbox ON containers(sandbox_id);
     """,
+    # 4: intents (what a mutating operation is about to make, written before it acts), facts
+    # about the node (the boot id pycri last ran in), the start times that tell a live process
+    # from one that reused its PID, and UNKNOWN for a container whose state cannot be read.
+    """
+    CREATE TABLE intents (
+        object_id TEXT PRIMARY KEY,       -- the pod, container, image or layer acted on
+        kind TEXT NOT NULL,               -- the operation, e.g. run_pod_sandbox
+        plan TEXT NOT NULL,               -- JSON: everything the operation will make
+        created_at INTEGER NOT NULL       -- ns since the epoch
+    );
+    CREATE TABLE node (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    UPDATE sandboxes SET state = 'notready' WHERE state = 'creating';
+    ALTER TABLE sandboxes ADD COLUMN pause_start_time INTEGER;
+    CREATE TABLE containers_v4 (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL REFERENCES sandboxes(id),
+        name TEXT NOT NULL UNIQUE,
+        config BLOB NOT NULL,
+        image_id TEXT NOT NULL,
+        image_ref TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('created', 'running', 'exited', 'unknown')),
+        created_at INTEGER NOT NULL,
+        started_at INTEGER NOT NULL DEFAULT 0,
+        finished_at INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL DEFAULT '',
+        pid INTEGER NOT NULL DEFAULT 0,
+        log_path TEXT NOT NULL,
+        runtime_handler TEXT NOT NULL,
+        cgroups_path TEXT NOT NULL,
+        stop_signal INTEGER NOT NULL,
+        resources BLOB,
+        pid_start_time INTEGER NOT NULL DEFAULT 0  -- /proc/<pid>/stat starttime of `pid`
+    );
+    INSERT INTO containers_v4 (id, sandbox_id, name, config, image_id, image_ref, state, created_at, started_at,
+        finished_at, exit_code, reason, message, pid, log_path, runtime_handler, cgroups_path, stop_signal, resources)
+    SELECT id, sandbox_id, name, config, image_id, image_ref, state, created_at, started_at,
+        finished_at, exit_code, reason, message, pid, log_path, runtime_handler, cgroups_path, stop_signal, resources
+    FROM containers;
+    DROP TABLE containers;
+    ALTER TABLE containers_v4 RENAME TO containers;
+    CREATE INDEX containers_by_sandbox ON containers(sandbox_id);
+    """,
 ]

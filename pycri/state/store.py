@@ -3,18 +3,26 @@
 The schema carries a version (PRAGMA user_version); `MIGRATIONS[n]` takes a
 database from version n to n+1, so an older database is upgraded in place at
 start and a newer one (written by a later pycri) is refused.
+
+At run time the daemon touches SQLite only through `write()`, which runs in the
+one writer thread: the event loop never waits on a disk. The synchronous
+`transaction()` and `query()` serve start-up loading and the offline CLI.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pycri.state.schema import MIGRATIONS
+
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -32,9 +40,10 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pycri-db")
         self.migrate()
 
     @property
@@ -66,6 +75,16 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    async def write(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `change(db)` in one transaction on the writer thread; durable when this returns.
+        Shielded: a cancelled caller does not undo a write that is under way."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.shield(loop.run_in_executor(self._writer, self._in_transaction, change))
+
+    def _in_transaction(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        with self.transaction() as db:
+            return change(db)
+
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
@@ -76,6 +95,7 @@ class Store:
             return self._db.execute(sql, params).rowcount
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         with self._lock:
             self._db.close()
 
