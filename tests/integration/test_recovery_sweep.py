@@ -5,9 +5,11 @@ ones that must survive. Each test asserts the sweep removed exactly the orphans.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +22,10 @@ from pycri.network.cni_exec import DEFAULT_BIN_DIRS
 from pycri.network.netns import create_namespace, is_namespace_pinned, remove_namespace
 from pycri.oci import conmon
 from pycri.oci.runtime import ContainerStatus, OciRuntime, RuntimeHandler
+from pycri.recovery.mounts import read_mountinfo
+from pycri.recovery.procs import ConmonArgs, kill_conmon
 from pycri.recovery.sweep import Owned, Removal, SweepScope, sweep_orphans
 from pycri.sandbox.shm import mount_shm
-from pycri.stats import cgroups
 from tests.integration.test_cni import (  # noqa: F401 - test_network: pytest finds the fixture by its name
     PrivateNetwork,
     ip_files,
@@ -44,23 +47,39 @@ def new_id() -> str:
     return secrets.token_hex(32)
 
 
+def cgroup_dirs(path: str) -> list[Path]:
+    """The cgroup's directory in every mounted hierarchy (v1 controllers and any cgroup2)."""
+    mounts = {entry.mount_point for entry in read_mountinfo() if entry.fs_type in ("cgroup", "cgroup2")}
+    return [Path(mount, path.lstrip("/")) for mount in sorted(mounts)]
+
+
+def cgroup_exists(path: str) -> bool:
+    return any(directory.is_dir() for directory in cgroup_dirs(path))
+
+
+def make_cgroup(path: str) -> None:
+    for directory in cgroup_dirs(path):
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+def remove_cgroup(path: str) -> None:
+    for directory in cgroup_dirs(path):
+        for below, _, _ in os.walk(directory, topdown=False):
+            os.rmdir(below)
+
+
 class CgroupfsTree:
-    """The cgroup operations the sweep takes, on the host's cgroupfs hierarchies."""
+    """The cgroup operations the sweep takes, straight on the host's cgroupfs hierarchies."""
 
     def children(self, parent: str) -> list[str]:
         names: set[str] = set()
-        for directory in cgroups.host_layout().hierarchy_dirs(parent):
+        for directory in cgroup_dirs(parent):
             if directory.is_dir():
                 names |= {child.name for child in directory.iterdir() if child.is_dir()}
         return sorted(names)
 
     async def remove(self, path: str) -> None:
-        await cgroups.remove_cgroup(path)
-
-
-def make_cgroup(path: str) -> None:
-    for directory in cgroups.host_layout().hierarchy_dirs(path):
-        directory.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(remove_cgroup, path)
 
 
 @dataclass(frozen=True)
@@ -198,7 +217,7 @@ class Running:
 async def cgroup_parent() -> AsyncIterator[str]:
     parent = f"/pycri-test-sweep-{secrets.token_hex(4)}"
     yield parent
-    await cgroups.remove_cgroup(parent)
+    await asyncio.to_thread(remove_cgroup, parent)
 
 
 @pytest.fixture
@@ -289,7 +308,7 @@ async def test_orphan_runc_container_conmon_and_cgroups_go_and_others_stay(
     assert not process_running(orphan.process.conmon_pid)
     assert not process_running(orphan.process.container_pid)
     assert not os.path.lexists(dirs.exits / orphan_ctr)
-    assert not cgroups.cgroup_exists(f"{cgroup_parent}/pod-{orphan_pod}")
+    assert not cgroup_exists(f"{cgroup_parent}/pod-{orphan_pod}")
 
     for survivor in (kept, foreign):
         state = await runtime.state(survivor.request.container_id)
@@ -297,13 +316,45 @@ async def test_orphan_runc_container_conmon_and_cgroups_go_and_others_stay(
         assert process_running(survivor.process.conmon_pid)
     assert (dirs.state / "containers" / owned_ctr / "config.json").exists()
     assert os.path.lexists(dirs.attach / owned_ctr)
-    assert cgroups.cgroup_exists(f"{owned_pod_cgroup}/{owned_ctr}")
-    assert cgroups.cgroup_exists(f"{cgroup_parent}/not-pycris")
-    assert cgroups.cgroup_exists(f"{cgroup_parent}/foreign/{foreign_ctr}")
+    assert cgroup_exists(f"{owned_pod_cgroup}/{owned_ctr}")
+    assert cgroup_exists(f"{cgroup_parent}/not-pycris")
+    assert cgroup_exists(f"{cgroup_parent}/foreign/{foreign_ctr}")
 
     for survivor in (kept, foreign):
         await runtime.delete(survivor.request.container_id, force=True)
         await conmon.wait_for_exit(survivor.process.conmon_pid, 10, kill_after=True)
+
+
+async def test_a_conmon_whose_runtime_is_not_swept_is_killed(dirs: Dirs, tmp_path: Path, cgroup_parent: str) -> None:
+    # Its handler was dropped from the config: no runtime in scope lists the container, so the
+    # conmon outlives step 1 and is found by its command line alone.
+    if not RUNC.exists() or not conmon.DEFAULT_CONMON_PATH.exists() or not Path("/bin/busybox").exists():
+        pytest.skip("needs runc, conmon and busybox-static")
+    dropped = OciRuntime(RuntimeHandler(name="dropped", path=RUNC, root=tmp_path / "dropped-root"))
+    orphan_ctr = new_id()
+    orphan = await run_container(
+        dropped, orphan_ctr, tmp_path / "bundle", f"{cgroup_parent}/{orphan_ctr}", dirs.exits, dirs.attach
+    )
+    try:
+        removals = await sweep_orphans(dirs.scope(), Owned(frozenset(), frozenset()), CgroupfsTree(), None, [])
+        conmon_removal = ("conmon", f"pid {orphan.process.conmon_pid} (container {orphan_ctr})")
+        assert conmon_removal in kinds(removals)
+        assert not process_running(orphan.process.conmon_pid)
+    finally:
+        await dropped.delete(orphan_ctr, force=True)
+        await conmon.wait_for_exit(orphan.process.conmon_pid, 10, kill_after=True)
+
+
+def test_a_pid_that_is_no_longer_that_conmon_gets_no_signal(dirs: Dirs) -> None:
+    # As after the conmon ended and its pid went to another process.
+    other = subprocess.Popen(["/bin/sleep", "1000"])
+    try:
+        assert not kill_conmon(other.pid, ConmonArgs(new_id(), str(dirs.exits)), 1.0)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+    assert not kill_conmon(other.pid, ConmonArgs(new_id(), str(dirs.exits)), 1.0)
 
 
 @pytest.fixture
