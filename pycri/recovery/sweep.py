@@ -236,12 +236,14 @@ async def _detach_orphan_pod(sweep: _Sweep, network: CniManager, sandbox_id: str
     netns = sweep.scope.state_dir / "sandboxes" / sandbox_id / "netns"
     cached = await asyncio.to_thread(network.cache.attachments, sandbox_id)
     has_netns = await asyncio.to_thread(os.path.lexists, netns)
-    if not cached and not has_netns:
+    if not cached and (not has_netns or await asyncio.to_thread(network.network) is None):
         return
     if has_netns and not await asyncio.to_thread(is_namespace_pinned, netns):
         # An empty file, not a namespace: plugins must get no CNI_NETNS rather than this.
         await asyncio.to_thread(netns.unlink)
-    names = [f"{entry.network.name}/{entry.runtime.ifname}" for entry in cached] or ["eth0 by the current network"]
+    names = [f"{entry.network.name}/{entry.runtime.ifname}" for entry in cached] or [
+        "eth0 (not cached: DEL by the current network)"
+    ]
     attachment = PodAttachment(sandbox_id, netns, "", "", "")
     why = why_orphan(Owner("sandbox", sandbox_id))
     await sweep.remove("cni attachment", f"{sandbox_id} {', '.join(names)}", why, partial(network.delete, attachment))

@@ -405,7 +405,7 @@ async def test_orphan_pods_cni_attachments_are_deleted_and_their_ips_released(
 
     assert kinds(removals) == {
         ("cni attachment", f"{cached_orphan} cni-loopback/lo, pycri/eth0"),
-        ("cni attachment", f"{uncached_orphan} eth0 by the current network"),
+        ("cni attachment", f"{uncached_orphan} eth0 (not cached: DEL by the current network)"),
         ("cni attachment", f"{gone_orphan} cni-loopback/lo"),
         ("cni attachment", f"{gone_orphan} pycri/eth0"),
         ("netns", str(netns[cached_orphan])),
