@@ -114,6 +114,7 @@ MIGRATIONS: list[str] = [
         cgroups_path TEXT NOT NULL,
         stop_signal INTEGER NOT NULL,
         resources BLOB,
+        user TEXT NOT NULL DEFAULT '{}',           -- JSON: the process's uid, gid, additional_gids
         pid_start_time INTEGER NOT NULL DEFAULT 0  -- /proc/<pid>/stat starttime of `pid`
     );
     INSERT INTO containers_v4 (id, sandbox_id, name, config, image_id, image_ref, state, created_at, started_at,

@@ -54,9 +54,7 @@ class Store:
         with self._lock:
             current = self.schema_version
             if current > len(MIGRATIONS):
-                raise StoreError(
-                    f"{self.path} has schema version {current}; this pycri knows up to {len(MIGRATIONS)}"
-                )
+                raise StoreError(f"{self.path} has schema version {current}; this pycri knows up to {len(MIGRATIONS)}")
             for version in range(current, len(MIGRATIONS)):
                 with self.transaction() as db:
                     for statement in _statements(MIGRATIONS[version]):
