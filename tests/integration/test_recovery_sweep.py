@@ -357,6 +357,33 @@ def test_a_pid_that_is_no_longer_that_conmon_gets_no_signal(dirs: Dirs) -> None:
     assert not kill_conmon(other.pid, ConmonArgs(new_id(), str(dirs.exits)), 1.0)
 
 
+async def test_a_removal_that_fails_is_logged_and_the_sweep_goes_on(
+    dirs: Dirs, cgroup_parent: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    busy_pod, free_pod = sorted([new_id(), new_id()])  # the busy one is tried first
+    busy, free = f"{cgroup_parent}/pod-{busy_pod}", f"{cgroup_parent}/pod-{free_pod}"
+    make_cgroup(busy)
+    make_cgroup(free)
+    (dirs.exits / free_pod).write_text("0")
+    sleeper = subprocess.Popen(["/bin/sleep", "1000"])
+    try:
+        for directory in cgroup_dirs(busy):
+            if (directory / "cpuset.cpus").exists():
+                continue  # a new v1 cpuset takes no task before it has cpus and mems
+            (directory / "cgroup.procs").write_text(str(sleeper.pid))
+        caplog.set_level(logging.WARNING, logger="pycri.recovery.sweep")
+        scope = dirs.scope(cgroup_parents=[cgroup_parent])
+        removals = await sweep_orphans(scope, Owned(frozenset(), frozenset()), CgroupfsTree(), None, [])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+    assert kinds(removals) == {("exit file", str(dirs.exits / free_pod)), ("cgroup", free)}
+    failed = [r for r in caplog.records if r.getMessage() == "orphan removal failed"]
+    assert [(r.fields["kind"], r.fields["what"]) for r in failed] == [("cgroup", busy)]  # type: ignore[attr-defined]
+    assert cgroup_exists(busy) and not cgroup_exists(free)
+
+
 @pytest.fixture
 def network(test_network: PrivateNetwork) -> CniManager:  # noqa: F811 - the imported fixture
     return CniManager(test_network.conf_dir, DEFAULT_BIN_DIRS, test_network.cache_dir)
