@@ -1,7 +1,9 @@
-"""The configured OCI runtime handlers as drivers, and where their containers' cgroups go."""
+"""The configured OCI runtime handlers as drivers."""
 
 from __future__ import annotations
 
+from pycri.cgroups.cgroupfs import CONMON_IN_POD
+from pycri.cgroups.manager import make_cgroup_manager
 from pycri.config import Config
 from pycri.oci.runtime import OciRuntime, RuntimeHandler
 
@@ -18,7 +20,6 @@ def oci_runtime(config: Config, handler: str) -> OciRuntime:
 
 
 def cgroups_path(config: Config, parent: str, leaf: str) -> str:
-    """The OCI cgroupsPath of `leaf` (a container or pause id) under the pod's cgroup parent."""
-    if config.runtime.cgroup_driver == "systemd":
-        return f"{parent}:pycri:{leaf}"
-    return f"{parent.rstrip('/')}/{leaf}"
+    """Transitional (see pycri/cgroups/transitional.py): callers move to CgroupManager.container_path."""
+    runtime = config.runtime
+    return make_cgroup_manager(runtime.cgroup_driver, runtime.cgroup_parent, CONMON_IN_POD).container_path(parent, leaf)

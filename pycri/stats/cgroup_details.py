@@ -2,10 +2,10 @@
 memory detail and OOM kills, the configured limits, block I/O, hugetlb, pressure (PSI), and the
 processes inside with their open files.
 
-As in cgroups.read_stats a hybrid host is read as v1, except for what only its cgroup2 tree
+As in cgroups.read_stats_at a hybrid host is read as v1, except for what only its cgroup2 tree
 holds (pressure, and hugetlb when the kernel gave that controller to cgroup2): runc makes every
 cgroup there too. Parsers take file contents ("" for a file that is absent) so they can be
-checked on recorded text; read_details and process_counts do the reading (blocking).
+checked on recorded text; read_details_at and process_counts do the reading (blocking).
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from pycri.stats.cgroups import (
-    CgroupLayout,
-    host_layout,
-    parse_int,
-    parse_keyed,
-    parse_limit,
-    read_optional,
-    relative_path,
-)
+from pycri.stats.cgroups import parse_int, parse_keyed, parse_limit, read_optional
+
+if TYPE_CHECKING:
+    from pycri.cgroups.layout import CgroupLayout
 
 V1_FILES = {
     "cpuacct": ("cpuacct.usage_user", "cpuacct.usage_sys"),
@@ -276,28 +272,26 @@ def details_v2(files: Mapping[str, str], pids: Iterable[int] = ()) -> CgroupDeta
     )
 
 
-def read_details(cgroup_path: str, layout: CgroupLayout | None = None) -> CgroupDetails:
-    """Read a cgroup's details; FileNotFoundError when the cgroup does not exist."""
-    layout = layout or host_layout()
-    relative = relative_path(cgroup_path)
+def read_details_at(layout: CgroupLayout, directory: PurePosixPath) -> CgroupDetails:
+    """Read the details of the cgroup at `directory` (relative to the hierarchy roots);
+    FileNotFoundError when it does not exist."""
     if layout.unified is not None:
-        directory = layout.unified / relative
-        if not directory.is_dir():
-            raise FileNotFoundError(errno.ENOENT, "no such cgroup", str(directory))
-        files = {**_read_files(directory, V2_FILES), **_read_extras(directory)}
-        return details_v2(files, _procs_below(directory))
+        unified = layout.unified / directory
+        if not unified.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "no such cgroup", str(unified))
+        return details_v2({**_read_files(unified, V2_FILES), **_read_extras(unified)}, _procs_below(unified))
     memory = layout.v1.get("memory")
-    if memory is None or not (memory / relative).is_dir():
-        raise FileNotFoundError(errno.ENOENT, "no such memory cgroup", str(cgroup_path))
+    if memory is None or not (memory / directory).is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such memory cgroup", str(directory))
     files: dict[str, str] = {}
     for controller, names in V1_FILES.items():
         mount = layout.v1.get(controller)
         if mount is not None:
-            files.update(_read_files(mount / relative, names))
+            files.update(_read_files(mount / directory, names))
     for mount in (layout.v1.get("hugetlb"), layout.hybrid_unified):
         if mount is not None:
-            files.update(_read_extras(mount / relative))
-    return details_v1(files, _procs_below(layout.v1.get("pids", memory) / relative))
+            files.update(_read_extras(mount / directory))
+    return details_v1(files, _procs_below(layout.v1.get("pids", memory) / directory))
 
 
 def process_counts(pids: Iterable[int], proc: Path = Path("/proc")) -> ProcessCounts:

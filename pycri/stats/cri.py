@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from pycri.api import api_pb2
-from pycri.stats.cgroups import CgroupStats, read_stats
+from pycri.cgroups.manager import CgroupManager
+from pycri.stats.cgroups import CgroupStats
 
 
-def read_stats_if_any(cgroup_path: str) -> CgroupStats | None:
-    """The cgroup's stats, or None when it is gone (a container that just exited)."""
+def read_stats_if_any(cgroups_path: str, cgroups: CgroupManager | None = None) -> CgroupStats | None:
+    """The cgroup's stats, or None when it is gone (a container that just exited). `cgroups`
+    becomes required once every caller passes the daemon's manager (see pycri/cgroups/transitional.py)."""
+    if cgroups is None:
+        from pycri.cgroups.transitional import host_cgroupfs
+
+        cgroups = host_cgroupfs()
     try:
-        return read_stats(cgroup_path)
+        return cgroups.read_stats(cgroups_path)
     except FileNotFoundError:
         return None
 

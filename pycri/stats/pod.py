@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from pycri.api import api_pb2
+from pycri.cgroups.manager import CgroupManager
 from pycri.container.operations import container_stats
 from pycri.container.service import ContainerService
 from pycri.network.netns import interface_stats
@@ -15,7 +16,9 @@ from pycri.stats.cri import fill_cpu_memory, read_stats_if_any
 DEFAULT_INTERFACE = "eth0"
 
 
-async def pod_sandbox_stats(record: SandboxRecord, containers: ContainerService) -> api_pb2.PodSandboxStats:
+async def pod_sandbox_stats(
+    record: SandboxRecord, containers: ContainerService, cgroups: CgroupManager | None = None
+) -> api_pb2.PodSandboxStats:
     stats = api_pb2.PodSandboxStats(
         attributes=api_pb2.PodSandboxAttributes(
             id=record.id,
@@ -25,7 +28,7 @@ async def pod_sandbox_stats(record: SandboxRecord, containers: ContainerService)
         )
     )
     linux = stats.linux
-    cgroup = await asyncio.to_thread(read_stats_if_any, record.cgroup_parent)
+    cgroup = await asyncio.to_thread(read_stats_if_any, record.cgroup_parent, cgroups)
     if cgroup is not None:
         fill_cpu_memory(linux.cpu, linux.memory, cgroup)
         linux.process.timestamp = cgroup.timestamp_ns

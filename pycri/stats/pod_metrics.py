@@ -11,13 +11,13 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pycri.api import api_pb2
+from pycri.cgroups.manager import CgroupManager
 from pycri.container.metadata import ContainerRecord, ContainerState, layer_dir
 from pycri.container.service import ContainerService
 from pycri.image.snapshots import disk_usage
 from pycri.network.netns import in_netns
 from pycri.sandbox.metadata import SandboxRecord
-from pycri.stats.cgroup_details import parse_open_files_soft_limit, process_counts, read_details
-from pycri.stats.cgroups import read_stats
+from pycri.stats.cgroup_details import parse_open_files_soft_limit, process_counts
 from pycri.stats.metrics import (
     CgroupReading,
     FilesystemUsage,
@@ -35,13 +35,20 @@ IFF_LOOPBACK = 0x8
 SYS_BLOCK_DEVICES = Path("/sys/dev/block")
 
 
-async def pod_sandbox_metrics(record: SandboxRecord, containers: ContainerService) -> api_pb2.PodSandboxMetrics:
-    """The pod's own series (its cgroup, its interfaces) and those of each running container."""
+async def pod_sandbox_metrics(
+    record: SandboxRecord, containers: ContainerService, cgroups: CgroupManager | None = None
+) -> api_pb2.PodSandboxMetrics:
+    """The pod's own series (its cgroup, its interfaces) and those of each running container.
+    `cgroups` becomes required once every caller passes the daemon's manager (pycri/cgroups/transitional.py)."""
+    if cgroups is None:
+        from pycri.cgroups.transitional import host_cgroupfs
+
+        cgroups = host_cgroupfs()
     now_ns = time.time_ns()
     metadata = record.metadata
     labels = MetricLabels("", record.id, "", record.name, metadata.namespace, metadata.name)
     sink = MetricSink(labels, now_ns)
-    reading = await asyncio.to_thread(read_cgroup, record.cgroup_parent)
+    reading = await asyncio.to_thread(read_cgroup, cgroups, record.cgroup_parent)
     if reading is not None:
         add_cgroup_metrics(sink, reading)
     add_lifetime_metrics(sink, record.created_at, now_ns)
@@ -52,13 +59,13 @@ async def pod_sandbox_metrics(record: SandboxRecord, containers: ContainerServic
     for container in containers.in_sandbox(record.id):
         containers.refresh(container)
         if container.state is ContainerState.RUNNING:
-            found = await asyncio.to_thread(container_metrics, container, record, containers.root_dir, now_ns)
+            found = await asyncio.to_thread(container_metrics, cgroups, container, record, containers.root_dir, now_ns)
             result.container_metrics.append(found)
     return result
 
 
 def container_metrics(
-    record: ContainerRecord, sandbox: SandboxRecord, root_dir: Path, now_ns: int
+    cgroups: CgroupManager, record: ContainerRecord, sandbox: SandboxRecord, root_dir: Path, now_ns: int
 ) -> api_pb2.ContainerMetrics:
     """One running container's series (blocking: run in a thread)."""
     pod = sandbox.metadata
@@ -66,7 +73,7 @@ def container_metrics(
         record.config.metadata.name, record.id, record.image_ref, record.name, pod.namespace, pod.name
     )
     sink = MetricSink(labels, now_ns)
-    reading = read_cgroup(record.cgroups_path)
+    reading = read_cgroup(cgroups, record.cgroups_path)
     if reading is not None:
         add_cgroup_metrics(sink, reading)
     add_filesystem_metrics(sink, writable_layer_usage(root_dir, layer_dir(root_dir, record.id) / "upper"))
@@ -75,11 +82,11 @@ def container_metrics(
     return api_pb2.ContainerMetrics(container_id=record.id, metrics=sink.metrics)
 
 
-def read_cgroup(cgroup_path: str) -> CgroupReading | None:
+def read_cgroup(cgroups: CgroupManager, cgroups_path: str) -> CgroupReading | None:
     """Everything the metrics take from one cgroup; None when it is gone (blocking)."""
     try:
-        stats = read_stats(cgroup_path)
-        details = read_details(cgroup_path)
+        stats = cgroups.read_stats(cgroups_path)
+        details = cgroups.read_details(cgroups_path)
     except FileNotFoundError:
         return None
     names = {(io.major, io.minor): block_device_name(io.major, io.minor) for io in details.io}

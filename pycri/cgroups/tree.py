@@ -1,0 +1,87 @@
+"""Operations on one cgroup's directories across every mounted hierarchy, shared by both drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path, PurePosixPath
+
+from pycri.cgroups.layout import CgroupLayout
+from pycri.stats.cgroups import read_optional
+
+REMOVE_ATTEMPTS = 6
+CPUSET_FILES = ("cpuset.cpus", "cpuset.mems")
+
+
+def exists(layout: CgroupLayout, directory: PurePosixPath) -> bool:
+    return any(path.is_dir() for path in layout.hierarchy_dirs(directory))
+
+
+def join(layout: CgroupLayout, directory: PurePosixPath, pid: int) -> None:
+    """Create the cgroup where missing and move a process into it, in every hierarchy. The
+    caller picks a leaf: cgroup v2 refuses a process in a cgroup whose children use controllers."""
+    cpuset = layout.v1.get("cpuset")
+    for mount in layout.hierarchy_mounts():
+        if mount == cpuset:
+            _make_cpuset(mount, directory)
+        else:
+            (mount / directory).mkdir(parents=True, exist_ok=True)
+        (mount / directory / "cgroup.procs").write_text(str(pid))
+
+
+def _make_cpuset(mount: Path, directory: PurePosixPath) -> None:
+    """A new v1 cpuset takes no task until it has cpus and mems: give each level made here its parent's."""
+    parent = mount
+    for part in directory.parts:
+        child = parent / part
+        child.mkdir(exist_ok=True)
+        for name in CPUSET_FILES:
+            inherited = read_optional(parent / name).strip()
+            if inherited and not read_optional(child / name).strip():
+                (child / name).write_text(inherited)
+        parent = child
+
+
+def has_processes(layout: CgroupLayout, directory: PurePosixPath) -> bool:
+    """Whether any process is in the cgroup or below it, in any hierarchy."""
+    for top in layout.hierarchy_dirs(directory):
+        for parent, _, _ in os.walk(top):
+            if read_optional(Path(parent) / "cgroup.procs").strip():
+                return True
+    return False
+
+
+def subdirectories(layout: CgroupLayout, directory: PurePosixPath) -> list[str]:
+    """Names of the cgroups directly below this one, in any hierarchy."""
+    names: set[str] = set()
+    for path in layout.hierarchy_dirs(directory):
+        try:
+            names.update(entry.name for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            continue
+    return sorted(names)
+
+
+async def remove(layout: CgroupLayout, directory: PurePosixPath) -> None:
+    """Remove the cgroup and the cgroups below it in every hierarchy. No error when it is
+    already gone; OSError (EBUSY) when processes are still inside."""
+    for top in layout.hierarchy_dirs(directory):
+        if not top.is_dir():
+            continue
+        for parent, _, _ in os.walk(top, topdown=False):
+            await _rmdir_retrying(Path(parent))
+
+
+async def _rmdir_retrying(directory: Path) -> None:
+    # A cgroup whose last task just exited can report EBUSY for a moment.
+    for attempt in range(REMOVE_ATTEMPTS):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if error.errno != errno.EBUSY or attempt == REMOVE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.01 * 2**attempt)
