@@ -2,8 +2,10 @@
 
 These commands open the root's database and stores themselves. They do not take the
 daemon's root lock: SQLite in WAL mode serves several processes, blobs and snapshots
-appear by atomic renames, and a `pycri serve` on the same root sees the changes at its
-next call.
+appear by atomic renames. `import` and `rm` hold the image store's lock shared (a
+daemon's recovery and garbage collection wait for them or skip a sweep) and announce
+their changes, so a `pycri serve` on the same root sees them at its next call
+(pycri/image/sharing.py).
 
 A daemon's pull stores blobs and snapshots before it records the image, and this
 process cannot see that pull. So garbage collection after `images rm` spares blobs and
@@ -71,14 +73,21 @@ def run_images(config: Config, args: argparse.Namespace) -> int:
     except (OSError, sqlite3.Error, StoreError) as exc:
         print(f"pycri: {config.db_path}: {exc}", file=sys.stderr)
         return 1
+    from pycri.image.sharing import lock_store, unlock_store
+
     grace = 0.0 if getattr(args, "force", False) else GC_GRACE_SECONDS
-    service = ImageService(config, store, gc_grace_seconds=grace)
+    lock = None
     try:
+        service = ImageService(config, store, command=True, gc_grace_seconds=grace)
+        if args.images_command != "ls":
+            lock = lock_store(config.root_dir, exclusive=False, wait=True)
         return asyncio.run(_run(service, config, args))
     except (PycriError, sqlite3.Error) as exc:
         print(f"pycri: {exc}", file=sys.stderr)
         return 1
     finally:
+        if lock is not None:
+            unlock_store(lock)
         store.close()
 
 
@@ -121,7 +130,7 @@ async def _remove(service: ImageService, images: list[str]) -> int:
     status = 0
     for image in images:
         try:
-            found = await asyncio.to_thread(service.find, image)
+            found = service.find(image)
             if found is None:
                 print(f"pycri: images rm {image}: no such image", file=sys.stderr)
                 status = 1

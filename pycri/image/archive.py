@@ -46,7 +46,7 @@ from pycri.image.manifest import (
     select_manifest,
 )
 from pycri.image.reference import validate_digest
-from pycri.image.service import ImageSource
+from pycri.image.source import ImageSource
 from pycri.image.tarstream import GZIP_MAGIC, ZSTD_MAGIC
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -406,4 +406,3 @@ class ImageArchive:
 
 def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
     return {"mediaType": descriptor.media_type, "size": descriptor.size, "digest": descriptor.digest}
-

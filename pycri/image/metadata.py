@@ -1,15 +1,26 @@
-"""Image records in the metadata store: images, their names, and snapshot leases."""
+"""Image records (the images and image_names tables) served from memory, and snapshot leases.
+
+Reads (ListImages, ImageStatus, the lookups CreateContainer makes) only ever see memory,
+loaded at start. A write is one transaction on the store's writer thread that also reads
+back the rows it changed; memory then takes those rows (persist first, then memory). One
+lock keeps memory in the database's order. A record is never changed in place: a reader
+in another thread sees a whole old record or a whole new one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycri.state.intents import Intent, delete_intent
 from pycri.state.store import Store
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageRecord:
     id: str  # config digest
     manifest_digest: str
@@ -22,116 +33,191 @@ class ImageRecord:
     digests: list[str] = field(default_factory=list)  # "repo@sha256:..."
 
 
+# Image id -> its record as the database now holds it, or None when the image is gone.
+Changed = dict[str, ImageRecord | None]
+
+
+def insert_image(db: sqlite3.Connection, record: ImageRecord) -> Changed:
+    """Insert or update the image and point its names at it. An image that loses its last
+    tag this way stays, reachable by ID and repo digest, as in containerd."""
+    names = [*record.tags, *record.digests]
+    marks = ",".join("?" * len(names))
+    previous = db.execute(f"SELECT DISTINCT image_id FROM image_names WHERE name IN ({marks})", names).fetchall()
+    db.execute(
+        "INSERT INTO images (id, manifest_digest, config, chain_ids, blobs, size, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET manifest_digest=excluded.manifest_digest,"
+        " blobs=(SELECT json_group_array(DISTINCT value) FROM"
+        "  (SELECT value FROM json_each(images.blobs) UNION SELECT value FROM json_each(excluded.blobs)))",
+        (
+            record.id,
+            record.manifest_digest,
+            json.dumps(record.config, sort_keys=True),
+            json.dumps(record.chain_ids),
+            json.dumps(record.blobs),
+            record.size,
+            record.created_at,
+        ),
+    )
+    for kind, kind_names in (("tag", record.tags), ("digest", record.digests)):
+        for name in kind_names:
+            db.execute(
+                "INSERT INTO image_names (name, image_id, kind) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                (name, record.id, kind),
+            )
+    return read_images(db, {record.id, *(row["image_id"] for row in previous)})
+
+
+def delete_tag(db: sqlite3.Connection, image_id: str, tag: str) -> Changed:
+    """Drop one tag of the image; the image goes too when that was its last tag."""
+    db.execute("DELETE FROM image_names WHERE name = ? AND image_id = ?", (tag, image_id))
+    tagged = db.execute("SELECT 1 FROM image_names WHERE image_id = ? AND kind = 'tag' LIMIT 1", (image_id,))
+    if tagged.fetchone() is None:
+        db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+    return read_images(db, {image_id})
+
+
+def delete_image(db: sqlite3.Connection, image_id: str) -> Changed:
+    """Drop the image with all its names."""
+    db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+    return {image_id: None}
+
+
+def read_images(db: sqlite3.Connection, ids: Iterable[str] | None = None) -> Changed:
+    """The records of `ids` (None for those that do not exist), or of every image."""
+    wanted = None if ids is None else sorted(set(ids))
+    params = tuple(wanted or ())
+    marks = ",".join("?" * len(params))
+    image_where, name_where = ("", "") if wanted is None else (f"WHERE id IN ({marks})", f"WHERE image_id IN ({marks})")
+    rows = db.execute(f"SELECT * FROM images {image_where} ORDER BY created_at", params).fetchall()
+    names: dict[str, list[sqlite3.Row]] = {}
+    for name in db.execute(f"SELECT name, image_id, kind FROM image_names {name_where} ORDER BY name", params):
+        names.setdefault(name["image_id"], []).append(name)
+    found: Changed = dict.fromkeys(params)
+    for row in rows:
+        own = names.get(row["id"], [])
+        found[row["id"]] = ImageRecord(
+            id=row["id"],
+            manifest_digest=row["manifest_digest"],
+            config=json.loads(row["config"]),
+            chain_ids=json.loads(row["chain_ids"]),
+            blobs=json.loads(row["blobs"]),
+            size=row["size"],
+            created_at=row["created_at"],
+            tags=[n["name"] for n in own if n["kind"] == "tag"],
+            digests=[n["name"] for n in own if n["kind"] == "digest"],
+        )
+    return found
+
+
+def referenced(db: sqlite3.Connection) -> tuple[set[str], set[str]]:
+    """(blobs, chain IDs) that images keep or leases hold: what garbage collection must spare."""
+    blobs = {row[0] for row in db.execute("SELECT DISTINCT value FROM images, json_each(images.blobs)")}
+    chains = {
+        row[0]
+        for row in db.execute(
+            "SELECT value FROM images, json_each(images.chain_ids) UNION SELECT chain_id FROM snapshot_leases"
+        )
+    }
+    return blobs, chains
+
+
+def insert_leases(db: sqlite3.Connection, owner: str, chain_ids: Iterable[str]) -> None:
+    """Keep the snapshots from garbage collection while `owner` (a container, a pod's pause) uses them."""
+    db.executemany(
+        "INSERT OR IGNORE INTO snapshot_leases (owner, chain_id) VALUES (?, ?)",
+        [(owner, chain_id) for chain_id in chain_ids],
+    )
+
+
+def delete_leases(db: sqlite3.Connection, owner: str) -> None:
+    db.execute("DELETE FROM snapshot_leases WHERE owner = ?", (owner,))
+
+
 class ImageMetadata:
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._write_lock = asyncio.Lock()
+        self._images: dict[str, ImageRecord] = {}
+        self._names: dict[str, str] = {}  # tag or repo digest -> image id
+        with store.transaction() as db:  # start-up loading, before anything runs
+            self._apply(read_images(db), replace=True)
 
-    def save(self, record: ImageRecord) -> None:
-        """Insert or update the image and point its names at it. An image that loses its
-        last tag this way stays, reachable by ID and repo digest, as in containerd."""
-        with self._store.transaction() as db:
-            db.execute(
-                "INSERT INTO images (id, manifest_digest, config, chain_ids, blobs, size, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET manifest_digest=excluded.manifest_digest,"
-                " blobs=(SELECT json_group_array(DISTINCT value) FROM"
-                "  (SELECT value FROM json_each(images.blobs) UNION SELECT value FROM json_each(excluded.blobs)))",
-                (
-                    record.id,
-                    record.manifest_digest,
-                    json.dumps(record.config, sort_keys=True),
-                    json.dumps(record.chain_ids),
-                    json.dumps(record.blobs),
-                    record.size,
-                    record.created_at,
-                ),
-            )
-            for kind, names in (("tag", record.tags), ("digest", record.digests)):
-                for name in names:
-                    db.execute(
-                        "INSERT INTO image_names (name, image_id, kind) VALUES (?, ?, ?)"
-                        " ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
-                        (name, record.id, kind),
-                    )
-
-    @staticmethod
-    def _has_tags(db: Any, image_id: str) -> bool:
-        query = "SELECT 1 FROM image_names WHERE image_id = ? AND kind = 'tag' LIMIT 1"
-        return db.execute(query, (image_id,)).fetchone() is not None
-
-    def _records(self, where: str = "", params: tuple[Any, ...] = ()) -> list[ImageRecord]:
-        rows = self._store.query(f"SELECT * FROM images {where} ORDER BY created_at", params)
-        if not rows:
-            return []
-        ids = [row["id"] for row in rows]
-        marks = ",".join("?" * len(ids))
-        names: dict[str, list[Any]] = {}
-        for name in self._store.query(
-            f"SELECT name, image_id, kind FROM image_names WHERE image_id IN ({marks}) ORDER BY name", tuple(ids)
-        ):
-            names.setdefault(name["image_id"], []).append(name)
-        return [
-            ImageRecord(
-                id=row["id"],
-                manifest_digest=row["manifest_digest"],
-                config=json.loads(row["config"]),
-                chain_ids=json.loads(row["chain_ids"]),
-                blobs=json.loads(row["blobs"]),
-                size=row["size"],
-                created_at=row["created_at"],
-                tags=[n["name"] for n in names.get(row["id"], []) if n["kind"] == "tag"],
-                digests=[n["name"] for n in names.get(row["id"], []) if n["kind"] == "digest"],
-            )
-            for row in rows
-        ]
+    # -- reads: memory only ----------------------------------------------------
 
     def list(self) -> list[ImageRecord]:
-        return self._records()
+        return sorted(self._images.values(), key=lambda record: record.created_at)
 
     def get(self, image_id: str) -> ImageRecord | None:
-        found = self._records("WHERE id = ?", (image_id,))
-        return found[0] if found else None
+        return self._images.get(image_id)
 
     def find_by_id_prefix(self, prefix: str) -> list[ImageRecord]:
         """`prefix` is "sha256:" and some hex digits (callers validate it)."""
-        return self._records("WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
+        return [record for image_id, record in self._images.items() if image_id.startswith(prefix)]
 
     def resolve_name(self, name: str) -> str | None:
-        rows = self._store.query("SELECT image_id FROM image_names WHERE name = ?", (name,))
-        return rows[0]["image_id"] if rows else None
+        return self._names.get(name)
 
-    def remove_name(self, name: str) -> bool:
-        """Drop one tag; the image goes too when that was its last tag. True if the image went."""
-        with self._store.transaction() as db:
-            row = db.execute("SELECT image_id FROM image_names WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                return False
-            db.execute("DELETE FROM image_names WHERE name = ?", (name,))
-            if self._has_tags(db, row["image_id"]):
-                return False
-            db.execute("DELETE FROM images WHERE id = ?", (row["image_id"],))
-            return True
+    # -- writes: the database first, then memory ---------------------------------
 
-    def remove(self, image_id: str) -> bool:
-        with self._store.transaction() as db:
-            return db.execute("DELETE FROM images WHERE id = ?", (image_id,)).rowcount > 0
+    async def save(self, record: ImageRecord) -> None:
+        """Record the image under its names (names it had before stay)."""
+        await self._write(lambda db: insert_image(db, record))
 
-    def referenced_blobs(self) -> set[str]:
-        rows = self._store.query("SELECT DISTINCT value FROM images, json_each(images.blobs)")
-        return {row["value"] for row in rows}
+    async def remove_tag(self, image_id: str, tag: str, intent: Intent | None = None) -> bool:
+        """Drop one tag, and the image with its last tag; finishes `intent` in the same
+        transaction. True if the image went."""
+        changed = await self._write(lambda db: _finishing(db, intent, lambda: delete_tag(db, image_id, tag)))
+        return changed[image_id] is None
 
-    def referenced_chain_ids(self) -> set[str]:
-        rows = self._store.query(
-            "SELECT value FROM images, json_each(images.chain_ids) UNION SELECT chain_id FROM snapshot_leases"
-        )
-        return {row["value"] for row in rows}
+    async def remove(self, image_id: str, intent: Intent | None = None) -> None:
+        """Drop the image and its names; finishes `intent` in the same transaction."""
+        await self._write(lambda db: _finishing(db, intent, lambda: delete_image(db, image_id)))
 
+    async def reload(self) -> None:
+        """Take every record from the database again (another process changed it)."""
+        await self._write(read_images, replace=True)
+
+    async def referenced(self) -> tuple[set[str], set[str]]:
+        """(blobs, chain IDs) that images and snapshot leases keep, read on the writer thread."""
+        return await self._store.write(referenced)
+
+    async def lease_snapshots(self, owner: str, chain_ids: list[str]) -> None:
+        await self._store.write(lambda db: insert_leases(db, owner, chain_ids))
+
+    async def release_snapshots(self, owner: str) -> None:
+        await self._store.write(lambda db: delete_leases(db, owner))
+
+    # Blocking forms for callers still on worker threads; to go once they use the async ones.
     def lease(self, owner: str, chain_ids: list[str]) -> None:
         with self._store.transaction() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO snapshot_leases (owner, chain_id) VALUES (?, ?)",
-                [(owner, chain_id) for chain_id in chain_ids],
-            )
+            insert_leases(db, owner, chain_ids)
 
     def release(self, owner: str) -> None:
-        self._store.execute("DELETE FROM snapshot_leases WHERE owner = ?", (owner,))
+        with self._store.transaction() as db:
+            delete_leases(db, owner)
+
+    async def _write(self, change: Callable[[sqlite3.Connection], Changed], replace: bool = False) -> Changed:
+        async with self._write_lock:
+            changed = await self._store.write(change)
+            self._apply(changed, replace)
+        return changed
+
+    def _apply(self, changed: Changed, replace: bool = False) -> None:
+        """Swap in new dicts, so a reader in another thread iterates a whole old or new one."""
+        images = {} if replace else dict(self._images)
+        for image_id, record in changed.items():
+            if record is None:
+                images.pop(image_id, None)
+            else:
+                images[image_id] = record
+        self._images = images
+        self._names = {name: record.id for record in images.values() for name in (*record.tags, *record.digests)}
+
+
+def _finishing(db: sqlite3.Connection, intent: Intent | None, change: Callable[[], Changed]) -> Changed:
+    changed = change()
+    if intent is not None:
+        delete_intent(db, intent.object_id)
+    return changed

@@ -1,53 +1,48 @@
 """The image service: CRI image semantics over the registry client, content store,
-snapshots and image metadata."""
+snapshots and image metadata.
+
+An unpack and a removal record their intent before they act (see UNPACK_LAYER and
+REMOVE_IMAGE); `recover` at start undoes or finishes what a crash left, then collects
+garbage. Reads come from memory (ImageMetadata).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import math
-import os
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from pycri.api import api_pb2
 from pycri.config import Config
 from pycri.errors import DataLoss, DeadlineExceeded, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from pycri.faults import kill_point
 from pycri.image import registry
 from pycri.image.auth import Credentials
+from pycri.image.collector import GarbageCollector
 from pycri.image.content import ContentError, ContentStore
 from pycri.image.manifest import Descriptor
 from pycri.image.metadata import ImageMetadata, ImageRecord
 from pycri.image.reference import InvalidReference, Reference, is_image_id, parse_reference
-from pycri.image.snapshots import SnapshotError, SnapshotStore, chain_ids
+from pycri.image.sharing import ChangeWatch, announce_change, lock_store, unlock_store
+from pycri.image.snapshots import UNPACK_LAYER, SnapshotError, SnapshotStore, chain_ids
+from pycri.image.source import ImageSource, all_or_first_error, config_and_diff_ids
 from pycri.image.tarstream import LayerError
+from pycri.state.intents import Intent, IntentLog
 from pycri.state.store import Store
 
 log = logging.getLogger(__name__)
 
 FS_USAGE_MAX_AGE_SECONDS = 10.0
 _HEX = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """What storing an image takes, wherever it comes from (a registry, an archive): the
-    verified manifest and config, and a way to read each layer blob."""
-
-    manifest_digest: str
-    manifest: bytes
-    config: Descriptor
-    config_bytes: bytes
-    layers: tuple[Descriptor, ...]
-    # Yields the blob of one layer; the content store verifies digest and size.
-    open_layer: Callable[[Descriptor], AsyncIterator[bytes]]
-    # Indexes the manifest was chosen from, by digest: kept as blobs, like the manifest.
-    indexes: dict[str, bytes] = field(default_factory=dict)
+# The intent of RemoveImage, on the image ID. Plan: image_id; tag (the one tag to drop, or
+# None for the whole image); names (those that go); whole_image; and the blobs and
+# chain_ids garbage collection will then look at.
+REMOVE_IMAGE = "remove_image"
+# The intents `ImageService.recover` resolves.
+IMAGE_INTENT_KINDS = (UNPACK_LAYER, REMOVE_IMAGE)
 
 
 @dataclass
@@ -66,14 +61,21 @@ def image_user(config: dict[str, Any]) -> tuple[int | None, str]:
 
 
 class ImageService:
-    def __init__(self, config: Config, store: Store, gc_grace_seconds: float = 0.0) -> None:
-        """gc_grace_seconds > 0 makes garbage collection spare blobs and snapshots changed that
-        recently: for a process beside a running daemon, whose pulls it cannot see."""
+    def __init__(self, config: Config, store: Store, command: bool = False, gc_grace_seconds: float = 0.0) -> None:
+        """A `command` is `pycri images`, perhaps beside a daemon on the same root: it
+        announces its changes to that daemon. gc_grace_seconds > 0 makes garbage collection
+        spare blobs and snapshots changed that recently (a daemon's pulls it cannot see)."""
         self._config = config
-        self._gc_grace_seconds = gc_grace_seconds
+        self._command = command
+        self._intents = IntentLog(store)
         self.content = ContentStore(config.root_dir)
-        self.snapshots = SnapshotStore(config.root_dir)
+        self.snapshots = SnapshotStore(config.root_dir, self._intents)
         self.metadata = ImageMetadata(store)
+        self._collector = GarbageCollector(self.content, self.snapshots, self.metadata, gc_grace_seconds)
+        self._changes = ChangeWatch(config.root_dir)
+        self._stale = False
+        self._reloading = asyncio.Lock()
+        self._removing = asyncio.Lock()
         self._registry_options = registry.RegistryOptions(
             mirrors=dict(config.images.mirrors),
             plain_http=set(config.images.insecure_registries),
@@ -82,20 +84,42 @@ class ImageService:
             max_concurrent_downloads=config.images.max_concurrent_downloads,
         )
         self._registry: registry.RegistryClient | None = None
-        # Blobs and snapshots of pulls not yet recorded: garbage collection must not take them.
-        self._pulling: Counter[str] = Counter()
         self._fs_usage: _FsUsage | None = None
         self._pause_name = self._normalised(config.runtime.pause_image)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._clean_leftovers)
+        """The daemon's start: watch for changes `pycri images` makes, open the registry client."""
+        self._changes.start()
         self._registry = registry.RegistryClient(self._registry_options)
+
+    async def recover(self, pending: list[Intent]) -> None:
+        """At start, before serving: undo the unpacks and finish the removals a crash cut
+        short (`pending`: the unfinished intents of IMAGE_INTENT_KINDS), drop temp files,
+        then collect every blob and snapshot nothing references. Run it after leases of
+        owners that no longer exist are released. Waits for a `pycri images` command."""
+        lock = await asyncio.to_thread(lock_store, self._config.root_dir, True, True)
+        try:
+            for intent in pending:
+                if intent.kind == UNPACK_LAYER:
+                    await asyncio.to_thread(self.snapshots.discard_unpack, intent.plan)
+                    await self._intents.finish(intent)
+                elif intent.kind == REMOVE_IMAGE:
+                    await self._remove_planned(intent)
+                    log.info("finished an interrupted image removal", extra={"fields": intent.plan})
+                else:
+                    log.warning("left an intent of an unknown kind", extra={"fields": {"kind": intent.kind}})
+            await asyncio.to_thread(self._clean_leftovers)
+            await self._collector.sweep()
+        finally:
+            assert lock is not None
+            unlock_store(lock)
 
     def _clean_leftovers(self) -> None:
         self.content.cleanup_ingest()
         self.snapshots.cleanup_tmp()
 
     async def close(self) -> None:
+        self._changes.close()
         if self._registry is not None:
             await self._registry.aclose()
 
@@ -161,6 +185,7 @@ class ImageService:
         )
         tags = [ref.repo_tag] if ref.repo_tag else []
         record = await self._store(source, tags, [f"{ref.name}@{resolved.repo_digest}"], f"pull {ref}")
+        kill_point("pull_image.committed")
         return record.id
 
     async def import_image(self, source: ImageSource, tags: list[str], digests: list[str], label: str) -> ImageRecord:
@@ -176,19 +201,18 @@ class ImageService:
     async def _store(self, source: ImageSource, tags: list[str], digests: list[str], label: str) -> ImageRecord:
         """Unpack the layers that have no snapshot yet and record the image; on failure, take
         away again what this call stored and nothing references."""
-        config, diff_ids = _config_and_diff_ids(source.config_bytes, label)
+        config, diff_ids = config_and_diff_ids(source.config_bytes, label)
         if len(diff_ids) != len(source.layers):
             raise DataLoss(f"{label}: the image config lists {len(diff_ids)} layers, the manifest {len(source.layers)}")
         chains = chain_ids(diff_ids)
-        blobs = [
-            self.content.put_bytes(source.config.digest, source.config_bytes),
-            self.content.put_bytes(source.manifest_digest, source.manifest),
-            *(self.content.put_bytes(digest, index) for digest, index in source.indexes.items()),
-        ]
-        protected = [*blobs, *chains]
-        self._pulling.update(protected)
+        small = {source.config.digest: source.config_bytes, source.manifest_digest: source.manifest, **source.indexes}
+        protected = [*small, *chains]
+        self._collector.protect(protected)
+        blobs: list[str] = []
         try:
-            await _all_or_first_error(
+            for digest, data in small.items():  # each one fsynced: not on the event loop
+                blobs.append(await asyncio.to_thread(self.content.put_bytes, digest, data))
+            await all_or_first_error(
                 self._unpack_layer(source, layer, chain, diff_id)
                 for layer, chain, diff_id in zip(source.layers, chains, diff_ids, strict=True)
             )
@@ -203,20 +227,31 @@ class ImageService:
                 tags=tags,
                 digests=digests,
             )
-            await asyncio.to_thread(self.metadata.save, record)
+            await self.metadata.save(record)
         except BaseException:
-            self._release(protected)
+            self._collector.unprotect(protected)
             # Only what this call stored: a sweep of the whole store could take what another
             # process (a daemon beside the CLI) has stored but not yet recorded.
-            await asyncio.shield(self._collect(blobs, chains))
+            await asyncio.shield(self._collector.collect(blobs, chains))
             raise
-        self._release(protected)
-        self._fs_usage = None
+        self._collector.unprotect(protected)
+        self._changed()
         return record
 
-    def _release(self, protected: list[str]) -> None:
-        self._pulling.subtract(protected)
-        self._pulling = +self._pulling  # drops the zero counts
+    def _changed(self) -> None:
+        self._fs_usage = None
+        if self._command:
+            announce_change(self._config.root_dir)
+
+    async def _catch_up(self) -> None:
+        """Reload memory when a `pycri images` command changed the tables since the last call."""
+        if self._changes.changed():
+            self._stale = True
+        if self._stale or self._reloading.locked():
+            async with self._reloading:
+                if self._stale:
+                    self._stale = False
+                    await self.metadata.reload()
 
     async def _fetch_small(
         self, resolved: registry.ResolvedImage, descriptor: Descriptor, credentials: Credentials | None
@@ -241,7 +276,8 @@ class ImageService:
     # -- lookups ------------------------------------------------------------
 
     def find(self, image: str) -> ImageRecord | None:
-        """The image that `image` names: an ID, a unique ID prefix, or a reference."""
+        """The image that `image` names: an ID, a unique ID prefix, or a reference. Memory
+        only: safe from any thread."""
         if not image:
             raise InvalidArgument("image: an image reference or ID is required")
         hex_part = image.removeprefix("sha256:")
@@ -273,16 +309,22 @@ class ImageService:
             image.uid.value = uid
         return image
 
+    async def lookup(self, image: str) -> ImageRecord | None:
+        """`find`, after taking in what a `pycri images` command changed."""
+        await self._catch_up()
+        return self.find(image)
+
     async def list(self, image_filter: str = "") -> list[api_pb2.Image]:
+        await self._catch_up()
         if image_filter:
-            found = await asyncio.to_thread(self.find, image_filter)
+            found = self.find(image_filter)
             records = [found] if found is not None else []
         else:
-            records = await asyncio.to_thread(self.metadata.list)
+            records = self.metadata.list()
         return [self.to_proto(record) for record in records]
 
     async def status(self, image: str, verbose: bool = False) -> tuple[api_pb2.Image, dict[str, str]] | None:
-        record = await asyncio.to_thread(self.find, image)
+        record = await self.lookup(image)
         if record is None:
             return None
         info: dict[str, str] = {}
@@ -295,59 +337,55 @@ class ImageService:
 
     async def remove(self, image: str) -> None:
         """Remove by ID, tag or digest; removing one tag keeps the image's other tags."""
-        record = await asyncio.to_thread(self.find, image)
-        if record is None:
-            return
-        ref = None if is_image_id(image) or image.removeprefix("sha256:") in record.id else self.parse(image)
-        if ref is not None and ref.repo_tag in record.tags and not ref.digest:
-            removed = await asyncio.to_thread(self.metadata.remove_name, ref.repo_tag)
-        else:
-            removed = await asyncio.to_thread(self.metadata.remove, record.id)
+        async with self._removing:  # one intent per image at a time
+            record = await self.lookup(image)
+            if record is None:
+                return
+            ref = None if is_image_id(image) or image.removeprefix("sha256:") in record.id else self.parse(image)
+            tag = ref.repo_tag if ref is not None and ref.repo_tag in record.tags and not ref.digest else None
+            whole = tag is None or record.tags == [tag]
+            plan = {
+                "image_id": record.id,
+                "tag": tag,
+                "names": [*record.tags, *record.digests] if whole else [tag],
+                "whole_image": whole,
+                "blobs": record.blobs if whole else [],
+                "chain_ids": record.chain_ids if whole else [],
+            }
+            intent = await self._intents.begin(REMOVE_IMAGE, record.id, plan)
+            kill_point("remove_image.intent")
+            removed = await self._remove_planned(intent)
         log.info("removed image", extra={"fields": {"image": image, "id": record.id, "whole_image": removed}})
         if removed:
             await self.collect_garbage()
 
+    async def _remove_planned(self, intent: Intent) -> bool:
+        """Drop what a removal intent names, finishing it in the same transaction; True if the image went."""
+        image_id, tag = intent.plan["image_id"], intent.plan.get("tag")
+        if tag:
+            removed = await self.metadata.remove_tag(image_id, tag, intent)
+        else:
+            await self.metadata.remove(image_id, intent)
+            removed = True
+        self._changed()
+        return removed
+
     async def collect_garbage(self) -> tuple[int, int]:
-        """Delete blobs and snapshots nothing references; returns how many of each went.
-        With a grace period, those changed within it are spared."""
-        blobs = await asyncio.to_thread(list, self.content.list())
-        chains = await asyncio.to_thread(self.snapshots.list)
-        if self._gc_grace_seconds > 0:
-            blobs, chains = await asyncio.to_thread(self._settled, blobs, chains)
-        return await self._collect(blobs, chains)
-
-    def _settled(self, blobs: list[str], chains: list[str]) -> tuple[list[str], list[str]]:
-        cutoff = time.time() - self._gc_grace_seconds
-        return (
-            [digest for digest in blobs if _changed_at(self.content.path(digest)) < cutoff],
-            [chain for chain in chains if _changed_at(self.snapshots.path(chain).parent) < cutoff],
-        )
-
-    async def _collect(self, blobs: list[str], chains: list[str]) -> tuple[int, int]:
-        """Delete those of `blobs` and of the snapshots `chains` that exist and nothing references."""
-        blobs_kept = await asyncio.to_thread(self.metadata.referenced_blobs)
-        chains_kept = await asyncio.to_thread(self.metadata.referenced_chain_ids)
-        in_use = set(self._pulling)
-        doomed_blobs = [d for d in blobs if d not in blobs_kept and d not in in_use]
-        doomed_chains = [c for c in chains if c not in chains_kept and c not in in_use]
-        doomed_blobs, doomed_chains = await asyncio.to_thread(self._delete, doomed_blobs, doomed_chains)
-        if doomed_blobs or doomed_chains:
-            log.info(
-                "collected garbage",
-                extra={"fields": {"blobs": len(doomed_blobs), "snapshots": len(doomed_chains)}},
-            )
+        """Delete blobs and snapshots nothing references; returns how many of each went. A
+        daemon skips this while a `pycri images` command works: the next sweep does it."""
+        lock = None
+        if not self._command:
+            lock = await asyncio.to_thread(lock_store, self._config.root_dir, True, False)
+            if lock is None:
+                log.info("garbage collection deferred: a `pycri images` command is at work")
+                return 0, 0
+        try:
+            collected = await self._collector.sweep()
+        finally:
+            if lock is not None:
+                unlock_store(lock)
         self._fs_usage = None
-        return len(doomed_blobs), len(doomed_chains)
-
-    def _delete(self, blobs: Iterable[str], chains: Iterable[str]) -> tuple[list[str], list[str]]:
-        """Delete those that exist; returns them."""
-        deleted_blobs = [digest for digest in blobs if self.content.has(digest)]
-        deleted_chains = [chain_id for chain_id in chains if self.snapshots.has(chain_id)]
-        for digest in deleted_blobs:
-            self.content.delete(digest)
-        for chain_id in deleted_chains:
-            self.snapshots.remove(chain_id)
-        return deleted_blobs, deleted_chains
+        return collected
 
     # -- usage ------------------------------------------------------------------
 
@@ -371,43 +409,3 @@ class ImageService:
         content = self.content.usage()
         snapshots = self.snapshots.usage()
         return content[0] + snapshots[0], content[1] + snapshots[1]
-
-
-def _config_and_diff_ids(config_bytes: bytes, label: str) -> tuple[dict[str, Any], list[str]]:
-    try:
-        config = json.loads(config_bytes)
-    except ValueError as exc:
-        raise DataLoss(f"{label}: the image config is not valid JSON: {exc}") from None
-    rootfs = config.get("rootfs") if isinstance(config, dict) else None
-    diff_ids = (rootfs.get("diff_ids") if isinstance(rootfs, dict) else None) or []
-    if not isinstance(config, dict) or not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-        raise DataLoss(f"{label}: the image config is not an object with a rootfs.diff_ids list of digests")
-    return config, diff_ids
-
-
-def _changed_at(path: Path) -> float:
-    """When the file or directory was last written or renamed; infinity when it is gone."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return math.inf
-    return max(info.st_mtime, info.st_ctime)
-
-
-async def _all_or_first_error(operations: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run all to their end, then raise the first failure: a failed pull must not
-    return while sibling layers are still being written."""
-    tasks = [asyncio.ensure_future(operation) for operation in operations]
-    if not tasks:
-        return
-    try:
-        await asyncio.wait(tasks)
-    except asyncio.CancelledError:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
-        raise
-    # Every failure is looked at, so none is reported again as "exception never retrieved".
-    failures = [task.exception() for task in tasks if task.exception() is not None]
-    if failures:
-        raise failures[0]  # type: ignore[misc]

@@ -13,18 +13,24 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pycri.image import overlay
 from pycri.image.unpack import apply_layer
+from pycri.state.intents import IntentLog
 
 log = logging.getLogger(__name__)
 
 _TEMP_PREFIX = "tmp-"
+# The intent of one unpack: its object is the temp dir the layer is extracted into, renamed
+# into place once whole. Plan: chain_id, temp_dir (absolute path), blob (the layer's path).
+UNPACK_LAYER = "unpack_layer"
 
 
 class SnapshotError(Exception):
@@ -74,9 +80,11 @@ def disk_usage(path: Path) -> tuple[int, int]:
 
 
 class SnapshotStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, intents: IntentLog | None = None) -> None:
+        """With `intents`, every unpack is recorded before its temp dir is made."""
         self._dir = root / "snapshots"
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._intents = intents
         self._inflight: dict[str, asyncio.Future[None]] = {}
 
     def path(self, chain_id: str) -> Path:
@@ -101,8 +109,8 @@ class SnapshotStore:
         while not self.has(chain_id):
             running = self._inflight.get(chain_id)
             if running is None:
-                running = asyncio.get_running_loop().run_in_executor(
-                    None, self._unpack_now, chain_id, blob_path, media_type, expected_diff_id
+                running = asyncio.ensure_future(
+                    self._unpack_recorded(chain_id, blob_path, media_type, expected_diff_id)
                 )
                 self._inflight[chain_id] = running
                 running.add_done_callback(lambda done: self._forget(chain_id, done))
@@ -117,9 +125,22 @@ class SnapshotStore:
         if not done.cancelled():
             done.exception()  # the caller may be gone: nobody else must look at it
 
-    def _unpack_now(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str) -> None:
+    async def _unpack_recorded(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str) -> None:
+        """The unpack in a thread, between its intent and the end of that intent."""
+        temp = self._dir / f"{_TEMP_PREFIX}{secrets.token_hex(16)}"
+        plan = {"chain_id": chain_id, "temp_dir": str(temp), "blob": str(blob_path)}
+        intent = None if self._intents is None else await self._intents.begin(UNPACK_LAYER, temp.name, plan)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._unpack_now, chain_id, blob_path, media_type, expected_diff_id, temp
+            )
+        finally:
+            if intent is not None and self._intents is not None:
+                await self._intents.finish(intent)
+
+    def _unpack_now(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str, temp: Path) -> None:
         final = self._snapshot_dir(chain_id)
-        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._dir))
+        temp.mkdir()
         try:
             (temp / "fs").mkdir()
             started = time.monotonic()
@@ -164,6 +185,18 @@ class SnapshotStore:
             for entry in os.scandir(self._dir)
             if len(entry.name) == 64 and not entry.name.strip("0123456789abcdef")
         ]
+
+    def discard_unpack(self, plan: dict[str, Any]) -> None:
+        """Undo the unpack an unfinished intent names: its temp dir goes. A snapshot it
+        renamed into place is whole and stays for garbage collection to judge."""
+        temp = Path(plan.get("temp_dir") or "")
+        if temp.parent != self._dir or not temp.name.startswith(_TEMP_PREFIX):
+            log.warning("ignored an unpack intent naming a foreign dir", extra={"fields": {"temp_dir": str(temp)}})
+            return
+        shutil.rmtree(temp, ignore_errors=True)
+        log.info(
+            "removed a half-unpacked layer", extra={"fields": {"chain_id": plan.get("chain_id"), "path": str(temp)}}
+        )
 
     def cleanup_tmp(self) -> None:
         """Remove temp dirs of unpacks and removals a killed process left; call at start."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from pycri.faults import kill_point
 from pycri.image import tarstream
 from pycri.image.tarstream import LayerError, Member
 
@@ -59,6 +60,7 @@ def apply_layer(blob_path: Path, media_type: str, target_dir: Path) -> str:
                     extractor.apply(member, stream)
                 except OSError as exc:
                     raise LayerError(f"layer entry {member.name!r}: {exc}") from exc
+                kill_point("pull_image.layer")
             extractor.finish_directories()
             return stream.finish()
 
