@@ -67,14 +67,18 @@ class RuntimeDriver(Protocol):
 
 
 class CgroupOps(Protocol):
-    """What the sweep needs of the cgroup manager."""
+    """What the sweep needs of the cgroup manager (pycri.cgroups.manager.CgroupManager)."""
 
     def children(self, parent: str) -> list[str]:
-        """Names of the direct child cgroups of `parent` (none when it does not exist)."""
+        """Leaf names directly below `parent` (none when it does not exist)."""
         ...
 
-    async def remove(self, path: str) -> None:
-        """Remove the cgroup `path` ("<parent>/<child name>") and every cgroup below it."""
+    def container_path(self, parent: str, leaf: str) -> str:
+        """The cgroups path of a leaf under `parent`, as remove() takes it."""
+        ...
+
+    async def remove(self, cgroups_path: str) -> None:
+        """Remove the cgroup and every cgroup below it."""
         ...
 
 
@@ -306,5 +310,11 @@ async def _cgroups(sweep: _Sweep, cgroups: CgroupOps) -> None:
             owner = cgroup_owner(name)
             if owner is None or sweep.owned.owns(owner):
                 continue
-            path = f"{parent.rstrip('/')}/{name}"
+            try:
+                path = cgroups.container_path(parent, name)
+            except ValueError as error:
+                log.error(
+                    "orphan cgroup has no path", extra={"fields": {"parent": parent, "leaf": name, "error": str(error)}}
+                )
+                continue
             await sweep.remove("cgroup", path, why_orphan(owner), partial(cgroups.remove, path))

@@ -78,8 +78,11 @@ class CgroupfsTree:
                 names |= {child.name for child in directory.iterdir() if child.is_dir()}
         return sorted(names)
 
-    async def remove(self, path: str) -> None:
-        await asyncio.to_thread(remove_cgroup, path)
+    def container_path(self, parent: str, leaf: str) -> str:
+        return f"{parent.rstrip('/')}/{leaf}"
+
+    async def remove(self, cgroups_path: str) -> None:
+        await asyncio.to_thread(remove_cgroup, cgroups_path)
 
 
 @dataclass(frozen=True)
