@@ -19,6 +19,7 @@ from typing import Any
 DEFAULT_CONFIG_PATH = Path("/etc/pycri/pycri.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CGROUP_DRIVERS = ("cgroupfs", "systemd")
+CONMON_IN_POD = "pod"
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,12 @@ class RuntimeSection:
     handlers: dict[str, HandlerConfig] = field(
         default_factory=lambda: {"runc": HandlerConfig(path=Path("/usr/sbin/runc"))}
     )
+    # "pod": each conmon in a leaf of its pod's cgroup; otherwise one cgroupfs path (cgroupfs
+    # driver) or systemd slice (systemd driver) that holds every conmon.
+    conmon_cgroup: str = CONMON_IN_POD
+    # Seconds a RunPodSandbox or CreateContainer result whose caller gave up waits for kubelet's
+    # retry before it is removed.
+    abandoned_create_grace: float = 120.0
 
 
 @dataclass
@@ -83,6 +90,20 @@ class StreamingSection:
 
 
 @dataclass
+class TimeoutsSection:
+    """Seconds pycri waits for the programs it runs before it kills them and reports a timeout."""
+
+    # One runc/crun call: state, start, kill, delete, update, features, exec setup.
+    runtime: float = 60.0
+    # From starting conmon to its report that `runc create` finished.
+    conmon_create: float = 120.0
+    # One CNI plugin execution (ADD, DEL, CHECK, STATUS, GC, VERSION).
+    cni: float = 120.0
+    # For conmon's exit file once the container's process is gone.
+    stop_exit_wait: float = 10.0
+
+
+@dataclass
 class Config:
     socket: Path = Path("/run/pycri/pycri.sock")
     root_dir: Path = Path("/var/lib/pycri")
@@ -92,6 +113,7 @@ class Config:
     cni: CniSection = field(default_factory=CniSection)
     images: ImageSection = field(default_factory=ImageSection)
     streaming: StreamingSection = field(default_factory=StreamingSection)
+    timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
 
     @property
     def db_path(self) -> Path:
@@ -183,14 +205,21 @@ def _validate(config: Config) -> None:
         raise bad("runtime.default_handler", rt.default_handler, "names no entry of runtime.handlers")
     if not rt.cgroup_parent.startswith("/") and rt.cgroup_driver == "cgroupfs":
         raise bad("runtime.cgroup_parent", rt.cgroup_parent, "expected an absolute cgroup path")
+    _validate_conmon_cgroup(rt)
+    seconds = [
+        ("runtime.abandoned_create_grace", rt.abandoned_create_grace),
+        ("streaming.token_ttl", config.streaming.token_ttl),
+    ]
+    seconds += [(f"timeouts.{f.name}", getattr(config.timeouts, f.name)) for f in dataclasses.fields(TimeoutsSection)]
+    for key, value in seconds:
+        if not value > 0 or value == float("inf"):
+            raise bad(key, value, "expected seconds > 0")
     if config.images.max_concurrent_downloads < 1:
         raise bad("images.max_concurrent_downloads", config.images.max_concurrent_downloads, "expected >= 1")
     if config.images.platform.count("/") not in (1, 2):
         raise bad("images.platform", config.images.platform, "expected os/arch or os/arch/variant")
     if not 0 <= config.streaming.port <= 65535:
         raise bad("streaming.port", config.streaming.port, "expected 0..65535")
-    if config.streaming.token_ttl <= 0:
-        raise bad("streaming.token_ttl", config.streaming.token_ttl, "expected seconds > 0")
     try:
         ipaddress.ip_address(config.streaming.address)
     except ValueError:
@@ -199,6 +228,32 @@ def _validate(config: Config) -> None:
         ipaddress.ip_network(config.cni.default_subnet)
     except ValueError:
         raise bad("cni.default_subnet", config.cni.default_subnet, "expected a CIDR such as 10.85.0.0/16") from None
+
+
+def _validate_conmon_cgroup(rt: RuntimeSection) -> None:
+    from pycri.cgroups.cgroupfs import cgroupfs_directory
+    from pycri.cgroups.systemd import expand_slice
+
+    if rt.conmon_cgroup == CONMON_IN_POD:
+        return
+    try:
+        if rt.cgroup_driver == "systemd":
+            expand_slice(rt.conmon_cgroup)
+            return
+        directory = cgroupfs_directory(rt.conmon_cgroup)
+    except ValueError as error:
+        raise ConfigError(
+            f"config key 'runtime.conmon_cgroup': expected \"pod\" or a {rt.cgroup_driver} cgroup: {error}"
+        ) from None
+    try:
+        parent = cgroupfs_directory(rt.cgroup_parent)
+    except ValueError as error:
+        raise ConfigError(f"config key 'runtime.cgroup_parent': {error}") from None
+    if directory == parent or directory in parent.parents:
+        # cgroup v2 takes no process in a cgroup whose children use controllers.
+        raise ConfigError(
+            f"config key 'runtime.conmon_cgroup': {rt.conmon_cgroup!r} holds runtime.cgroup_parent; give conmon a leaf"
+        )
 
 
 def config_to_toml(config: Config) -> str:

@@ -23,6 +23,9 @@ def test_every_key_has_a_default(tmp_path: Path) -> None:
     assert config.socket == Path("/run/pycri/pycri.sock")
     assert config.cni.bin_dirs == [Path("/usr/lib/cni"), Path("/opt/cni/bin")]
     assert config.handler_root("runc") == Path("/run/pycri/runc")
+    assert (config.timeouts.runtime, config.timeouts.conmon_create) == (60.0, 120.0)
+    assert (config.timeouts.cni, config.timeouts.stop_exit_wait) == (120.0, 10.0)
+    assert (config.runtime.conmon_cgroup, config.runtime.abandoned_create_grace) == ("pod", 120.0)
 
 
 def test_missing_default_file_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,11 +83,49 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("[streaming]\ntoken_ttl = 0", "streaming.token_ttl"),
         ("[streaming]\naddress = 'localhost'", "streaming.address"),
         ("runtime = 3", "runtime"),
+        ("[timeouts]\nruntime = 0", "timeouts.runtime"),
+        ("[timeouts]\nconmon_create = -1.5", "timeouts.conmon_create"),
+        ("[timeouts]\ncni = nan", "timeouts.cni"),
+        ("[timeouts]\nstop_exit_wait = inf", "timeouts.stop_exit_wait"),
+        ("[timeouts]\nruntime = '60'", "timeouts.runtime"),
+        ("[timeouts]\nrunc = 5", "timeouts.runc"),
+        ("[runtime]\nabandoned_create_grace = 0", "runtime.abandoned_create_grace"),
+        ("[runtime]\nconmon_cgroup = 'conmon'", "runtime.conmon_cgroup"),
+        ("[runtime]\nconmon_cgroup = '/pycri'", "runtime.conmon_cgroup"),
+        ("[runtime]\nconmon_cgroup = '/'", "runtime.conmon_cgroup"),
+        ("[runtime]\ncgroup_driver = 'systemd'\nconmon_cgroup = '/conmon'", "runtime.conmon_cgroup"),
     ],
 )
 def test_bad_key_or_value_is_named(tmp_path: Path, text: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.").replace("[", r"\[")):
         load_config(write(tmp_path, text))
+
+
+def test_timeouts_and_conmon_cgroup_are_read(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [timeouts]
+            runtime = 5
+            conmon_create = 30.5
+            cni = 45
+            stop_exit_wait = 0.5
+            [runtime]
+            conmon_cgroup = "/system.slice/pycri-conmon"
+            abandoned_create_grace = 300
+            """,
+        )
+    )
+    assert config.timeouts.runtime == 5.0 and isinstance(config.timeouts.runtime, float)
+    assert (config.timeouts.conmon_create, config.timeouts.cni, config.timeouts.stop_exit_wait) == (30.5, 45.0, 0.5)
+    assert config.runtime.conmon_cgroup == "/system.slice/pycri-conmon"
+    assert config.runtime.abandoned_create_grace == 300.0
+
+
+def test_systemd_conmon_cgroup_is_a_slice(tmp_path: Path) -> None:
+    text = "[runtime]\ncgroup_driver = 'systemd'\ncgroup_parent = 'pycri.slice'\nconmon_cgroup = 'system-conmon.slice'"
+    assert load_config(write(tmp_path, text)).runtime.conmon_cgroup == "system-conmon.slice"
 
 
 def test_invalid_toml_is_reported(tmp_path: Path) -> None:
@@ -99,7 +140,9 @@ def test_override_wins(tmp_path: Path) -> None:
 
 def test_printed_config_reads_back_the_same(tmp_path: Path) -> None:
     original = load_config(
-        write(tmp_path, "[images]\ndocker_config = '/root/.docker/config.json'\n[images.mirrors]\n'gcr.io' = ['http://m']")
+        write(
+            tmp_path, "[images]\ndocker_config = '/root/.docker/config.json'\n[images.mirrors]\n'gcr.io' = ['http://m']"
+        )
     )
     again = load_config(write(tmp_path, config_to_toml(original)))
     assert again == original
@@ -117,4 +160,6 @@ def test_arbitrary_tables_load_or_fail_cleanly(table: dict[str, object]) -> None
 
 
 def test_rendered_default_is_valid_toml() -> None:
-    assert tomllib.loads(config_to_toml(Config()))["socket"] == "/run/pycri/pycri.sock"
+    rendered = tomllib.loads(config_to_toml(Config()))
+    assert rendered["socket"] == "/run/pycri/pycri.sock"
+    assert rendered["timeouts"] == {"runtime": 60.0, "conmon_create": 120.0, "cni": 120.0, "stop_exit_wait": 10.0}
