@@ -36,6 +36,7 @@ class CgroupfsManager:
     def __init__(self, parent: str, conmon_cgroup: str, layout: CgroupLayout) -> None:
         self.layout = layout
         self._parent = cgroupfs_directory(parent)
+        self.parent = f"/{self._parent}"
         if conmon_cgroup != CONMON_IN_POD:
             conmon = cgroupfs_directory(conmon_cgroup)
             if conmon == self._parent or conmon in self._parent.parents:

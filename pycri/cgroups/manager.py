@@ -20,6 +20,7 @@ class CgroupManager(Protocol):
 
     driver: str  # "cgroupfs" | "systemd"
     layout: CgroupLayout
+    parent: str  # runtime.cgroup_parent in this driver's form: "/pycri" or "pycri.slice"
 
     def check_parent(self, parent: str) -> None:
         """ValueError(msg) for a pod parent this driver cannot take."""

@@ -114,6 +114,7 @@ class SystemdManager:
     def __init__(self, parent: str, conmon_cgroup: str, layout: CgroupLayout, bus: SystemdBus) -> None:
         self.layout = layout
         self._slice = slice_of(parent)
+        self.parent = self._slice
         if conmon_cgroup != CONMON_IN_POD:
             expand_slice(conmon_cgroup)
         self._conmon_cgroup = conmon_cgroup
@@ -187,10 +188,13 @@ class SystemdManager:
         await tree.remove(self.layout, directory)
 
     def children(self, parent: str) -> list[str]:
-        """Leaves whose scope pycri's prefix names ("pycri-<leaf>.scope") directly in the slice."""
+        """Child slices by name, and scopes pycri's prefix names ("pycri-<leaf>.scope") by leaf: what
+        container_path(parent, name) turns back into their cgroupsPath."""
         prefix = f"{UNIT_PREFIX}-"
-        return [
-            name.removeprefix(prefix).removesuffix(SCOPE_SUFFIX)
-            for name in tree.subdirectories(self.layout, self.directory(parent))
-            if name.startswith(prefix) and name.endswith(SCOPE_SUFFIX)
-        ]
+        found = []
+        for name in tree.subdirectories(self.layout, self.directory(parent)):
+            if name.endswith(SLICE_SUFFIX):
+                found.append(name)
+            elif name.startswith(prefix) and name.endswith(SCOPE_SUFFIX):
+                found.append(name.removeprefix(prefix).removesuffix(SCOPE_SUFFIX))
+        return sorted(found)

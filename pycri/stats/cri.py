@@ -7,13 +7,8 @@ from pycri.cgroups.manager import CgroupManager
 from pycri.stats.cgroups import CgroupStats
 
 
-def read_stats_if_any(cgroups_path: str, cgroups: CgroupManager | None = None) -> CgroupStats | None:
-    """The cgroup's stats, or None when it is gone (a container that just exited). `cgroups`
-    becomes required once every caller passes the daemon's manager (see pycri/cgroups/transitional.py)."""
-    if cgroups is None:
-        from pycri.cgroups.transitional import host_cgroupfs
-
-        cgroups = host_cgroupfs()
+def read_stats_if_any(cgroups: CgroupManager, cgroups_path: str) -> CgroupStats | None:
+    """The cgroup's stats, or None when it is gone (a pod being removed, a container that just exited)."""
     try:
         return cgroups.read_stats(cgroups_path)
     except FileNotFoundError:

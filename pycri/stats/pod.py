@@ -6,19 +6,16 @@ import asyncio
 import time
 
 from pycri.api import api_pb2
-from pycri.cgroups.manager import CgroupManager
 from pycri.container.operations import container_stats
 from pycri.container.service import ContainerService
 from pycri.network.netns import interface_stats
-from pycri.sandbox.metadata import SandboxRecord
+from pycri.state.sandboxes import SandboxRecord
 from pycri.stats.cri import fill_cpu_memory, read_stats_if_any
 
 DEFAULT_INTERFACE = "eth0"
 
 
-async def pod_sandbox_stats(
-    record: SandboxRecord, containers: ContainerService, cgroups: CgroupManager | None = None
-) -> api_pb2.PodSandboxStats:
+async def pod_sandbox_stats(record: SandboxRecord, containers: ContainerService) -> api_pb2.PodSandboxStats:
     stats = api_pb2.PodSandboxStats(
         attributes=api_pb2.PodSandboxAttributes(
             id=record.id,
@@ -28,7 +25,7 @@ async def pod_sandbox_stats(
         )
     )
     linux = stats.linux
-    cgroup = await asyncio.to_thread(read_stats_if_any, record.cgroup_parent, cgroups)
+    cgroup = await asyncio.to_thread(read_stats_if_any, containers.ctx.cgroups, record.cgroup_parent)
     if cgroup is not None:
         fill_cpu_memory(linux.cpu, linux.memory, cgroup)
         linux.process.timestamp = cgroup.timestamp_ns
@@ -48,6 +45,5 @@ async def pod_sandbox_stats(
             linux.network.default_interface.CopyFrom(interface)
             linux.network.interfaces.append(interface)
     for container in containers.in_sandbox(record.id):
-        containers.refresh(container)
-        linux.containers.append(await asyncio.to_thread(container_stats, containers, container))
+        linux.containers.append(await asyncio.to_thread(container_stats, containers.ctx, container))
     return stats

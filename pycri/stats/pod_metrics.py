@@ -11,15 +11,15 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pycri.api import api_pb2
-from pycri.cgroups.manager import CgroupManager
-from pycri.container.metadata import ContainerRecord, ContainerState, layer_dir
+from pycri.container.context import ContainerContext
 from pycri.container.service import ContainerService
 from pycri.image.snapshots import disk_usage
 from pycri.network.netns import in_netns
-from pycri.sandbox.metadata import SandboxRecord
-from pycri.stats.cgroup_details import parse_open_files_soft_limit, process_counts
+from pycri.state.containers import ContainerRecord, ContainerState
+from pycri.state.sandboxes import SandboxRecord
+from pycri.stats.cgroup_details import parse_open_files_soft_limit
+from pycri.stats.cgroup_reading import block_device_name, read_cgroup
 from pycri.stats.metrics import (
-    CgroupReading,
     FilesystemUsage,
     LinkCounters,
     MetricLabels,
@@ -32,23 +32,16 @@ from pycri.stats.metrics import (
 )
 
 IFF_LOOPBACK = 0x8
-SYS_BLOCK_DEVICES = Path("/sys/dev/block")
 
 
-async def pod_sandbox_metrics(
-    record: SandboxRecord, containers: ContainerService, cgroups: CgroupManager | None = None
-) -> api_pb2.PodSandboxMetrics:
-    """The pod's own series (its cgroup, its interfaces) and those of each running container.
-    `cgroups` becomes required once every caller passes the daemon's manager (pycri/cgroups/transitional.py)."""
-    if cgroups is None:
-        from pycri.cgroups.transitional import host_cgroupfs
-
-        cgroups = host_cgroupfs()
+async def pod_sandbox_metrics(record: SandboxRecord, containers: ContainerService) -> api_pb2.PodSandboxMetrics:
+    """The pod's own series (its cgroup, its interfaces) and those of each running container."""
+    ctx = containers.ctx
     now_ns = time.time_ns()
     metadata = record.metadata
     labels = MetricLabels("", record.id, "", record.name, metadata.namespace, metadata.name)
     sink = MetricSink(labels, now_ns)
-    reading = await asyncio.to_thread(read_cgroup, cgroups, record.cgroup_parent)
+    reading = await asyncio.to_thread(read_cgroup, ctx.cgroups, record.cgroup_parent)
     if reading is not None:
         add_cgroup_metrics(sink, reading)
     add_lifetime_metrics(sink, record.created_at, now_ns)
@@ -57,15 +50,14 @@ async def pod_sandbox_metrics(
         add_network_metrics(sink, await pod_links(record.netns_path))
     result = api_pb2.PodSandboxMetrics(pod_sandbox_id=record.id, metrics=sink.metrics)
     for container in containers.in_sandbox(record.id):
-        containers.refresh(container)
         if container.state is ContainerState.RUNNING:
-            found = await asyncio.to_thread(container_metrics, cgroups, container, record, containers.root_dir, now_ns)
+            found = await asyncio.to_thread(container_metrics, ctx, container, record, now_ns)
             result.container_metrics.append(found)
     return result
 
 
 def container_metrics(
-    cgroups: CgroupManager, record: ContainerRecord, sandbox: SandboxRecord, root_dir: Path, now_ns: int
+    ctx: ContainerContext, record: ContainerRecord, sandbox: SandboxRecord, now_ns: int
 ) -> api_pb2.ContainerMetrics:
     """One running container's series (blocking: run in a thread)."""
     pod = sandbox.metadata
@@ -73,24 +65,13 @@ def container_metrics(
         record.config.metadata.name, record.id, record.image_ref, record.name, pod.namespace, pod.name
     )
     sink = MetricSink(labels, now_ns)
-    reading = read_cgroup(cgroups, record.cgroups_path)
+    reading = read_cgroup(ctx.cgroups, record.cgroups_path)
     if reading is not None:
         add_cgroup_metrics(sink, reading)
-    add_filesystem_metrics(sink, writable_layer_usage(root_dir, layer_dir(root_dir, record.id) / "upper"))
+    add_filesystem_metrics(sink, writable_layer_usage(ctx.config.root_dir, ctx.layer_dir(record.id) / "upper"))
     add_ulimit_metrics(sink, _open_files_soft_limit(record.pid))
     add_lifetime_metrics(sink, record.started_at, now_ns)
     return api_pb2.ContainerMetrics(container_id=record.id, metrics=sink.metrics)
-
-
-def read_cgroup(cgroups: CgroupManager, cgroups_path: str) -> CgroupReading | None:
-    """Everything the metrics take from one cgroup; None when it is gone (blocking)."""
-    try:
-        stats = cgroups.read_stats(cgroups_path)
-        details = cgroups.read_details(cgroups_path)
-    except FileNotFoundError:
-        return None
-    names = {(io.major, io.minor): block_device_name(io.major, io.minor) for io in details.io}
-    return CgroupReading(stats, details, process_counts(details.pids), names)
 
 
 async def pod_links(netns_path: Path) -> list[LinkCounters]:
@@ -134,19 +115,6 @@ def writable_layer_usage(root_dir: Path, upper_dir: Path) -> FilesystemUsage:
         inodes_total=filesystem.f_files,
         inodes_free=filesystem.f_ffree,
     )
-
-
-def block_device_name(major: int, minor: int) -> str:
-    """/dev/<name> of a block device, as cAdvisor names devices; "major:minor" when sysfs has no name."""
-    try:
-        uevent = (SYS_BLOCK_DEVICES / f"{major}:{minor}" / "uevent").read_text()
-    except OSError:
-        return f"{major}:{minor}"
-    for line in uevent.splitlines():
-        key, _, value = line.partition("=")
-        if key == "DEVNAME" and value:
-            return f"/dev/{value}"
-    return f"{major}:{minor}"
 
 
 def _open_files_soft_limit(pid: int) -> int | None:
