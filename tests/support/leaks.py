@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import psutil
 from pycri.config import Config, load_config
 from pycri.network.cni_cache import ResultCache
 from pycri.network.cni_config import NetworkConfig, load_default_network
-from pycri.stats.cgroups import host_layout, relative_path
+from pycri.recovery.mounts import is_within, read_mountinfo
 from tests.integration.test_cni import nat_rules
 from tests.support.daemon import PycriProcess
 
@@ -133,7 +134,7 @@ def take(daemon: PycriProcess) -> HostSnapshot:
         cgroups=_cgroups(scope),
         processes={_process_key(p): _describe_process(p) for p in daemon_processes(scope)},
         ip_allocations=_ip_allocations(scope),
-        nat_rules=_nat_rules(scope),
+        nat_rules={rule: f"iptables -t nat {rule}" for rule in pod_network_nat_rules(scope)},
         bridge_ports=_bridge_ports(scope),
         directories={str(entry): str(entry) for parent in scope.object_dirs() for entry in _children(parent)},
         rows=_rows(scope.config.db_path),
@@ -149,6 +150,17 @@ def leaks(before: HostSnapshot, after: HostSnapshot) -> dict[str, list[str]]:
         if new:
             found[category.name] = new
     return found
+
+
+def wait_for_no_leaks(daemon: PycriProcess, before: HostSnapshot, timeout: float = 10.0) -> None:
+    """`assert_no_leaks` against a fresh snapshot, polled until `timeout`: exits, cgroup removal
+    and network namespace teardown finish asynchronously after the call that caused them."""
+    deadline = time.monotonic() + timeout
+    after = take(daemon)
+    while leaks(before, after) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = take(daemon)
+    assert_no_leaks(before, after)
 
 
 def assert_no_leaks(before: HostSnapshot, after: HostSnapshot) -> None:
@@ -187,7 +199,7 @@ def _has_option(cmdline: list[str], option: str, value: str) -> bool:
 
 def _cgroup_pids(scope: LeakScope) -> set[int]:
     pids: set[int] = set()
-    for _hierarchy, directory in _cgroup_dirs(scope):
+    for _hierarchy, directory in cgroup_dirs(scope):
         with contextlib.suppress(FileNotFoundError):
             pids.update(int(line) for line in (directory / "cgroup.procs").read_text().split())
     return pids
@@ -210,39 +222,41 @@ def _describe_process(process: psutil.Process) -> str:
 # ---- cgroups and mounts ----
 
 
-def _cgroup_dirs(scope: LeakScope) -> Iterator[tuple[Path, Path]]:
-    """(hierarchy mount, dir) for every cgroup strictly below the daemon's cgroup parent."""
-    parent = relative_path(scope.cgroup_parent)
-    for mount in host_layout().hierarchy_mounts():
-        top = mount / parent
+def cgroup_hierarchies() -> list[Path]:
+    """Where every cgroup hierarchy is mounted: each v1 one and any cgroup2."""
+    return sorted({Path(entry.mount_point) for entry in read_mountinfo() if entry.fs_type in ("cgroup", "cgroup2")})
+
+
+def cgroup_dirs(scope: LeakScope) -> Iterator[tuple[Path, Path]]:
+    """(hierarchy mount, dir) for every cgroup strictly below the daemon's cgroup parent, in every
+    hierarchy, parents before children."""
+    for mount in cgroup_hierarchies():
+        top = mount / scope.cgroup_parent.lstrip("/")
         for directory, subdirs, _files in os.walk(top):
+            subdirs.sort()
             if Path(directory) != top:
                 yield mount, Path(directory)
-            subdirs.sort()
 
 
 def _cgroups(scope: LeakScope) -> Entries:
     hierarchies: dict[str, list[str]] = {}
-    for mount, directory in _cgroup_dirs(scope):
+    for mount, directory in cgroup_dirs(scope):
         hierarchies.setdefault("/" + str(directory.relative_to(mount)), []).append(mount.name)
     return {path: f"{path} (in {', '.join(sorted(names))})" for path, names in hierarchies.items()}
 
 
 def _mounts(scope: LeakScope) -> tuple[Entries, Entries]:
     """Mounts and nsfs namespace pins at or below the root and state dirs."""
-    prefixes = [str(scope.config.root_dir.resolve()), str(scope.config.state_dir.resolve())]
+    bases = [os.path.realpath(scope.config.root_dir), os.path.realpath(scope.config.state_dir)]
     mounts: Entries = {}
     pins: Entries = {}
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        point = fields[4].encode().decode("unicode_escape")
-        if not any(point == prefix or point.startswith(prefix + "/") for prefix in prefixes):
+    for entry in read_mountinfo():
+        if not any(is_within(entry.mount_point, base) for base in bases):
             continue
-        after_separator = fields[fields.index("-") + 1 :]
-        fs_type, source = after_separator[0], after_separator[1]
-        target = pins if fs_type == "nsfs" else mounts
-        # Stacked mounts on one point each count: the key carries the mount id.
-        target[f"{point}#{fields[0]}"] = f"{point} ({fs_type} from {source})"
+        target = pins if entry.fs_type == "nsfs" else mounts
+        # Mounts stacked on one point each count.
+        layer = sum(1 for key in target if key.rsplit("#", 1)[0] == entry.mount_point)
+        target[f"{entry.mount_point}#{layer}"] = f"{entry.mount_point} ({entry.fs_type})"
     return mounts, pins
 
 
@@ -260,15 +274,16 @@ def _ip_allocations(scope: LeakScope) -> Entries:
     return found
 
 
-def _nat_rules(scope: LeakScope) -> Entries:
+def pod_network_nat_rules(scope: LeakScope) -> list[str]:
+    """The nat table's rules (`-A ...` lines) naming an address of the daemon's pod subnets."""
     subnets = scope.subnets()
     if not subnets:
-        return {}
-    found: Entries = {}
-    for line in nat_rules().splitlines():
-        if line.startswith("-A ") and any(_overlaps(token, subnets) for token in _IPV4_TOKEN.findall(line)):
-            found[line] = f"iptables -t nat {line}"
-    return found
+        return []
+    return [
+        line
+        for line in nat_rules().splitlines()
+        if line.startswith("-A ") and any(_overlaps(token, subnets) for token in _IPV4_TOKEN.findall(line))
+    ]
 
 
 def _overlaps(token: str, subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
