@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from jeepney import DBusAddress, MatchRule, Message, MessageType, new_method_call  # type: ignore[import-untyped]
-from jeepney.bus_messages import message_bus  # type: ignore[import-untyped]
-from jeepney.io.blocking import DBusConnection, open_dbus_connection  # type: ignore[import-untyped]
-from jeepney.low_level import HeaderFields  # type: ignore[import-untyped]
+from jeepney import DBusAddress, MatchRule, Message, MessageType, new_method_call
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+from jeepney.low_level import HeaderFields
 
 from pycri.cgroups.systemd import SystemdError, TransientUnit
 

@@ -25,7 +25,7 @@ MICROS_PER_SECOND = 1_000_000
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    kind: int  # api_pb2.MetricType
+    kind: api_pb2.MetricType
     help: str
     extra_label_keys: tuple[str, ...] = ()
 

@@ -76,7 +76,10 @@ def test_comounted_controllers_share_a_mount_and_escapes_are_decoded() -> None:
 
     assert layout.v1["cpu"] == layout.v1["cpuacct"] == Path("/sys/fs/cgroup/cpu,cpuacct")
     assert layout.v1["net_prio"] == Path("/sys/fs/cgroup/net cls")
-    assert layout.hierarchy_dirs(PurePosixPath("a/b")) == [Path("/sys/fs/cgroup/cpu,cpuacct/a/b"), Path("/sys/fs/cgroup/net cls/a/b")]
+    assert layout.hierarchy_dirs(PurePosixPath("a/b")) == [
+        Path("/sys/fs/cgroup/cpu,cpuacct/a/b"),
+        Path("/sys/fs/cgroup/net cls/a/b"),
+    ]
 
 
 def test_pure_v2_host_ignores_named_v1_hierarchies() -> None:
