@@ -199,6 +199,10 @@ class ImageMetadata:
             delete_leases(db, owner)
 
     async def _write(self, change: Callable[[sqlite3.Connection], Changed], replace: bool = False) -> Changed:
+        """Shielded: a caller cancelled while the transaction runs still gets memory updated."""
+        return await asyncio.shield(self._write_and_apply(change, replace))
+
+    async def _write_and_apply(self, change: Callable[[sqlite3.Connection], Changed], replace: bool) -> Changed:
         async with self._write_lock:
             changed = await self._store.write(change)
             self._apply(changed, replace)

@@ -336,7 +336,12 @@ class ImageService:
     # -- removal and garbage collection ---------------------------------------
 
     async def remove(self, image: str) -> None:
-        """Remove by ID, tag or digest; removing one tag keeps the image's other tags."""
+        """Remove by ID, tag or digest; removing one tag keeps the image's other tags.
+        Shielded: once its intent is written a removal runs to its end, or a later start
+        would finish it after the image may have been pulled again."""
+        await asyncio.shield(self._remove(image))
+
+    async def _remove(self, image: str) -> None:
         async with self._removing:  # one intent per image at a time
             record = await self.lookup(image)
             if record is None:
