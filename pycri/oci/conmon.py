@@ -9,11 +9,13 @@ link <socket_dir>/<id>). It double-forks, so it outlives pycri.
 Protocol (conmon's `_OCI_SYNCPIPE` / `_OCI_STARTPIPE`): conmon blocks on the start
 pipe until pycri has placed it in its cgroup, then reports one JSON line on the
 sync pipe: {"data": <container pid>} or {"data": -1, "message": <runtime stderr>}.
+No report within the create timeout: conmon and what it started are killed.
 The ctl fifo <bundle>/ctl takes "<type> <height> <width>\\n" lines: type 1 resizes
 the terminal, type 2 reopens the log file (what kubelet's ReopenContainerLog needs).
 """
 
 import asyncio
+import contextlib
 import errno
 import io
 import json
@@ -21,11 +23,23 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pycri.oci.runtime import OciRuntime, OciRuntimeError, RuntimeHandler, last_error_line
-from pycri.stats.cgroups import join_cgroup
+import psutil
+
+from pycri.oci.runtime import (
+    DEFAULT_CALL_TIMEOUT,
+    OciRuntime,
+    OciRuntimeError,
+    RuntimeHandler,
+    RuntimeTimeout,
+    exit_status,
+    last_error_line,
+    pidfd_exited,
+)
+from pycri.oci.runtime import wait_for_exit as wait_for_exit  # re-exported: tests/integration/test_recovery_sweep.py
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +49,6 @@ CONTAINER_PIDFILE = "container.pid"
 OOM_FILE = "oom"
 CTL_RESIZE_TERMINAL = 1
 CTL_REOPEN_LOG = 2
-MONITOR_EXIT_WAIT_SECONDS = 5.0
 
 
 class ContainerCreateError(OciRuntimeError):
@@ -56,12 +69,14 @@ class ConmonCreate:
     stdin_once: bool = False
     tty: bool = False
     log_size_max: int | None = None
-    # cgroupfs path conmon is moved into before it starts the runtime (a leaf, e.g.
-    # "/pycri/pod-x/conmon-<id>"); None leaves conmon in pycri's cgroup. With the
-    # systemd driver (runtime.systemd_cgroup) conmon's own cgroup is not managed here.
-    conmon_cgroup: str | None = None
+    # Called (in a thread) with conmon's pid before conmon may start the runtime: moves it
+    # into its cgroup. None leaves conmon in pycri's cgroup.
+    place_conmon: Callable[[int], None] | None = None
     conmon_path: Path = DEFAULT_CONMON_PATH
-    create_timeout: float = 240.0
+    # Seconds from starting conmon to its report.
+    create_timeout: float = 120.0
+    # Seconds for each runtime call that cleans up after a failed create.
+    runtime_call_timeout: float = DEFAULT_CALL_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -149,10 +164,18 @@ async def create_container(req: ConmonCreate) -> ConmonProcess:
         os.close(sync_write)
         os.close(start_read)
     try:
-        outcome = await _release_and_wait(req, conmon, start_write, sync_read)
+        try:
+            async with asyncio.timeout(req.create_timeout):
+                outcome = await _release_and_wait(req, conmon, start_write, sync_read)
+        except TimeoutError:
+            raise RuntimeTimeout(
+                f"{req.runtime.name} create {req.container_id}: no report from conmon within "
+                f"{req.create_timeout}s; conmon and the runtime were killed",
+                "timeout",
+            ) from None
     except BaseException as error:
-        await _clean_failed_create(req, log_existed)
-        if isinstance(error, ContainerCreateError):
+        await asyncio.shield(_clean_failed_create(req, log_existed))
+        if isinstance(error, OciRuntimeError):
             log.info(
                 "container create failed", extra={"fields": {"container_id": req.container_id, "error": str(error)}}
             )
@@ -168,28 +191,21 @@ async def _release_and_wait(
     sync_file = io.FileIO(sync_read, "rb")
     try:
         with io.FileIO(start_write, "wb") as start_pipe:
-            try:
-                if req.conmon_cgroup is not None:
-                    join_cgroup(req.conmon_cgroup, conmon.pid)
-                start_pipe.write(b"\0")
-            except BaseException:
-                conmon.kill()
-                await conmon.wait()
-                raise
+            if req.place_conmon is not None:
+                await asyncio.to_thread(req.place_conmon, conmon.pid)
+            start_pipe.write(b"\0")
         # This first conmon forks the monitor and exits; its stderr holds errors from before the fork.
         _, stderr = await conmon.communicate()
         if conmon.returncode != 0:
             raise ContainerCreateError(
                 f"conmon {req.container_id}: {stderr.decode(errors='replace').strip()}", "conmon failed"
             )
-        try:
-            line = await asyncio.wait_for(_read_line(sync_file), req.create_timeout)
-        except TimeoutError:
-            raise ContainerCreateError(
-                f"create {req.container_id}: no report from conmon within {req.create_timeout}s", "timeout"
-            ) from None
+        line = await _read_line(sync_file)
     finally:
         sync_file.close()
+        if conmon.returncode is None:
+            conmon.kill()
+            await asyncio.shield(exit_status(conmon))
     if not line:
         raise ContainerCreateError(f"create {req.container_id}: conmon exited without a report", "conmon failed")
     result = parse_sync_message(line)
@@ -215,8 +231,8 @@ async def _read_line(pipe: io.FileIO) -> bytes:
 async def _clean_failed_create(req: ConmonCreate, log_existed: bool) -> None:
     monitor_pid = _read_pid(req.persist_dir / CONMON_PIDFILE)
     if monitor_pid is not None:
-        await wait_for_exit(monitor_pid, MONITOR_EXIT_WAIT_SECONDS, kill_after=True)
-    await OciRuntime(req.runtime).delete(req.container_id, force=True)
+        await _kill_with_descendants(monitor_pid)
+    await OciRuntime(req.runtime, req.runtime_call_timeout).delete(req.container_id, force=True)
     remove_conmon_files(req.exit_dir, req.socket_dir, req.container_id)
     for name in (CONMON_PIDFILE, CONTAINER_PIDFILE, "exit", OOM_FILE):
         (req.persist_dir / name).unlink(missing_ok=True)
@@ -224,28 +240,25 @@ async def _clean_failed_create(req: ConmonCreate, log_existed: bool) -> None:
         req.log_path.unlink(missing_ok=True)
 
 
-async def wait_for_exit(pid: int, timeout: float, kill_after: bool = False) -> bool:
-    """Wait until a process that is not our child exits (True), or `timeout` passes
-    (False; with kill_after the process is then SIGKILLed and awaited)."""
+async def _kill_with_descendants(pid: int) -> None:
+    """SIGKILL a conmon monitor and what it started (a `<runtime> create` that hangs), and wait
+    until they are gone. Each is held by a pidfd before any is killed, so no reused pid is hit."""
     try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    loop = asyncio.get_running_loop()
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        members = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return
+    pidfds = []
+    for member in members:
+        with contextlib.suppress(ProcessLookupError):
+            pidfds.append(os.pidfd_open(member))
     try:
-        await asyncio.wait_for(asyncio.shield(exited), timeout)
-        return True
-    except TimeoutError:
-        if not kill_after:
-            return False
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        await exited
-        return False
+        for pidfd in pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        await asyncio.gather(*(pidfd_exited(pidfd) for pidfd in pidfds))
     finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
+        for pidfd in pidfds:
+            os.close(pidfd)
 
 
 def read_exit(exit_dir: Path, persist_dir: Path, container_id: str) -> ExitInfo | None:

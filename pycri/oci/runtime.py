@@ -1,8 +1,11 @@
-"""Driver for an OCI runtime CLI (runc, crun): state, start, kill, delete, exec, update.
+"""Calls of an OCI runtime CLI (runc, crun): state, start, kill, delete, exec, update.
 
 Container creation goes through conmon (pycri.oci.conmon); everything else is a
 direct call of the runtime binary. Each call gets its own JSON log file so the
-error message in an `OciRuntimeError` is the runtime's own last error line.
+error message in an `OciRuntimeError` is the runtime's own last error line. Each
+runs in a session of its own and is killed with everything it started when it
+outlasts the call timeout (RuntimeTimeout). pycri.oci.driver.ContainerRuntime is
+the entry the services use.
 """
 
 import asyncio
@@ -13,7 +16,7 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +30,7 @@ EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 EXEC_OUTPUT_DRAIN_SECONDS = 2.0
 # At an exec timeout the runtime may not have written the exec'd pid yet.
 EXEC_PID_FILE_GRACE_SECONDS = 2.0
+DEFAULT_CALL_TIMEOUT = 60.0
 
 
 class OciRuntimeError(RuntimeError):
@@ -43,6 +47,10 @@ class ContainerNotFoundError(OciRuntimeError):
 
 class ExecTimeoutError(OciRuntimeError):
     """exec_sync ran past its timeout; the exec'd process group was killed."""
+
+
+class RuntimeTimeout(OciRuntimeError):
+    """A runtime call (or conmon's create) did not finish in time; it was killed and reaped."""
 
 
 class ContainerStatus(StrEnum):
@@ -110,6 +118,8 @@ def exec_process(container_process: dict[str, Any], spec: ExecSpec) -> dict[str,
     process.pop("consoleSize", None)
     if spec.env is not None:
         process["env"] = list(spec.env)
+    if spec.tty and not any(entry.startswith("TERM=") for entry in process.get("env") or []):
+        process["env"] = [*(process.get("env") or []), "TERM=xterm"]  # as containerd and CRI-O give a terminal exec
     if spec.cwd is not None:
         process["cwd"] = spec.cwd
     if spec.user is not None:
@@ -142,9 +152,73 @@ def parse_state(raw: dict[str, Any]) -> ContainerState:
     )
 
 
+@dataclass(frozen=True)
+class ExecCall:
+    """One `<runtime> exec` in the foreground (exec_sync and the streaming exec): its command
+    line, where the runtime writes the exec'd pid and its log, and how it is waited for."""
+
+    runtime_name: str
+    container_id: str
+    argv: list[str]
+    pid_file: Path
+    log_file: Path
+    setup_timeout: float  # for the runtime to start the process (write the pid file)
+
+    async def spawn(self, **stdio: Any) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(*self.argv, start_new_session=True, **stdio)
+
+    async def wait(
+        self, proc: asyncio.subprocess.Process, timeout: float | None = None, stop: Awaitable[object] | None = None
+    ) -> int | None:
+        """The runtime's exit status; None when `timeout` passed or `stop` completed first (the
+        exec'd process group and the runtime are killed then, and on cancellation). Raises
+        RuntimeTimeout when the runtime has not started the process within the setup timeout."""
+        waits = [asyncio.ensure_future(exit_status(proc))]
+        if stop is not None:
+            waits.append(asyncio.ensure_future(stop))
+        try:
+            async with asyncio.timeout(timeout):
+                if not await self._started(proc, waits):
+                    await kill_session(proc)
+                    raise RuntimeTimeout(
+                        f"{self.runtime_name} exec {self.container_id}: the process did not start within "
+                        f"{self.setup_timeout}s; the runtime was killed",
+                        "timeout",
+                    )
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            await asyncio.shield(kill_exec(proc, self.pid_file))
+            raise
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if proc.returncode is None:
+            await kill_exec(proc, self.pid_file)
+            return None
+        return proc.returncode
+
+    async def _started(self, proc: asyncio.subprocess.Process, waits: list[asyncio.Future[Any]]) -> bool:
+        """Wait for the pid file, the runtime's exit or `stop`; False when the setup timeout passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.setup_timeout
+        delay = 0.005
+        while proc.returncode is None and not self.pid_file.exists() and not any(w.done() for w in waits):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
+            delay = min(delay * 2, 0.1)
+        return True
+
+    def error_line(self) -> str:
+        return last_error_line(self.log_file.read_text()) if self.log_file.exists() else ""
+
+
 class OciRuntime:
-    def __init__(self, handler: RuntimeHandler) -> None:
+    def __init__(self, handler: RuntimeHandler, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.handler = handler
+        self.call_timeout = call_timeout
 
     async def state(self, container_id: str) -> ContainerState | None:
         try:
@@ -161,12 +235,11 @@ class OciRuntime:
         await self._run(["start", container_id], container_id)
         log.info("container started", extra={"fields": {"container_id": container_id}})
 
-    async def kill(self, container_id: str, signal_number: int, all_processes: bool = False) -> None:
+    async def kill(self, container_id: str, signal_number: int) -> None:
         """Send a signal. No error when the container has already stopped."""
-        args = ["kill", *(["--all"] if all_processes else []), container_id, str(signal_number)]
         try:
-            await self._run(args, container_id)
-        except ContainerNotFoundError:
+            await self._run(["kill", container_id, str(signal_number)], container_id)
+        except (ContainerNotFoundError, RuntimeTimeout):
             raise
         except OciRuntimeError:
             state = await self.state(container_id)
@@ -187,16 +260,12 @@ class OciRuntime:
             resources_file.flush()
             await self._run(["update", "--resources", resources_file.name, container_id], container_id)
 
-    async def pause(self, container_id: str) -> None:
-        await self._run(["pause", container_id], container_id)
-
-    async def resume(self, container_id: str) -> None:
-        await self._run(["resume", container_id], container_id)
-
     async def features(self) -> dict[str, Any] | None:
         """`<runtime> features` (None when the runtime does not implement it)."""
         try:
             completed = await self._run(["features"])
+        except RuntimeTimeout:
+            raise
         except OciRuntimeError:
             return None
         return json.loads(completed.stdout)
@@ -207,6 +276,20 @@ class OciRuntime:
         found = re.search(r"version\s+(\S+)", text)
         return found.group(1) if found else text.strip().splitlines()[0]
 
+    @contextlib.asynccontextmanager
+    async def exec_call(self, container_id: str, bundle: Path, spec: ExecSpec) -> AsyncIterator[ExecCall]:
+        """An exec of `spec` in the container whose bundle is `bundle`, ready to spawn (its
+        process is the container's own with the exec's overrides, see exec_process)."""
+        config = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
+        process = exec_process(config["process"], spec)
+        with tempfile.TemporaryDirectory(prefix="pycri-exec-") as workdir:
+            process_file = Path(workdir, "process.json")
+            process_file.write_text(json.dumps(process))
+            pid_file, log_file = Path(workdir, "exec.pid"), Path(workdir, "runtime.log")
+            args = ["exec", "--process", str(process_file), "--pid-file", str(pid_file), container_id]
+            argv = self._command(log_file, args)
+            yield ExecCall(self.handler.name, container_id, argv, pid_file, log_file, self.call_timeout)
+
     async def exec_sync(self, container_id: str, spec: ExecSpec, timeout: float | None = None) -> ExecResult:
         """Run a process in the container and wait for it; at `timeout` seconds the
         process and its process group are killed and ExecTimeoutError is raised."""
@@ -215,53 +298,37 @@ class OciRuntime:
         state = await self.state(container_id)
         if state is None:
             raise ContainerNotFoundError(f"{self.handler.name} exec {container_id}: container does not exist")
-        config = await asyncio.to_thread((state.bundle / "config.json").read_text)
-        process = exec_process(json.loads(config)["process"], spec)
-        with tempfile.TemporaryDirectory(prefix="pycri-exec-") as workdir:
-            process_file = Path(workdir, "process.json")
-            process_file.write_text(json.dumps(process))
-            pid_file = Path(workdir, "exec.pid")
-            log_file = Path(workdir, "runtime.log")
-            args = ["exec", "--process", str(process_file), "--pid-file", str(pid_file), container_id]
-            proc = await asyncio.create_subprocess_exec(
-                *self._command(log_file, args),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            stdout, stderr = bytearray(), bytearray()
+        stdout, stderr = bytearray(), bytearray()
+        async with self.exec_call(container_id, state.bundle, spec) as call:
+            pipe = asyncio.subprocess.PIPE
+            proc = await call.spawn(stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe)
             assert proc.stdout is not None and proc.stderr is not None
             readers = asyncio.gather(_collect(proc.stdout, stdout), _collect(proc.stderr, stderr))
-            timed_out = False
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
-                timed_out = True
-                await kill_exec(proc, pid_file)
-            except asyncio.CancelledError:
+                returncode = await call.wait(proc, timeout)
+            except BaseException:
                 readers.cancel()
-                await kill_exec(proc, pid_file)
                 raise
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(readers, EXEC_OUTPUT_DRAIN_SECONDS)
-            error_line = last_error_line(log_file.read_text()) if log_file.exists() else ""
-        if timed_out:
+            error_line = call.error_line()
+        if returncode is None:
             raise ExecTimeoutError(f"{self.handler.name} exec {container_id}: timed out after {timeout}s", "timeout")
         if error_line:
             if await self.state(container_id) is None:
                 raise ContainerNotFoundError(f"{self.handler.name} exec {container_id}: {error_line}", error_line)
             raise OciRuntimeError(f"{self.handler.name} exec {container_id}: {error_line}", error_line)
-        assert proc.returncode is not None
-        return ExecResult(exit_code=proc.returncode, stdout=bytes(stdout), stderr=bytes(stderr))
-
-    def global_args(self) -> list[str]:
-        """Arguments that go before the subcommand on every call of the runtime."""
-        return ["--root", str(self.handler.root), *(["--systemd-cgroup"] if self.handler.systemd_cgroup else [])]
+        return ExecResult(exit_code=returncode, stdout=bytes(stdout), stderr=bytes(stderr))
 
     def _command(self, log_file: Path, args: Sequence[str]) -> list[str]:
-        return [str(self.handler.path), *self.global_args(), "--log", str(log_file), "--log-format", "json", *args]
+        systemd = ["--systemd-cgroup"] if self.handler.systemd_cgroup else []
+        return [
+            str(self.handler.path), "--root", str(self.handler.root), *systemd,
+            "--log", str(log_file), "--log-format", "json", *args,
+        ]  # fmt: skip
 
     async def _run(self, args: Sequence[str], container_id: str | None = None) -> _Completed:
+        what = f"{self.handler.name} {args[0]}{' ' + container_id if container_id else ''}"
         fd, log_name = tempfile.mkstemp(prefix="pycri-runtime-", suffix=".log")
         os.close(fd)
         log_file = Path(log_name)
@@ -271,8 +338,19 @@ class OciRuntime:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
             )
-            stdout, stderr = await proc.communicate()
+            try:
+                stdout, stderr = await asyncio.wait_for(proc.communicate(), self.call_timeout)
+            except TimeoutError:
+                await kill_session(proc)
+                log.warning("runtime call timed out", extra={"fields": {"call": what, "seconds": self.call_timeout}})
+                raise RuntimeTimeout(
+                    f"{what}: no answer within {self.call_timeout}s; the runtime was killed", "timeout"
+                ) from None
+            except BaseException:
+                await asyncio.shield(kill_session(proc))
+                raise
             error_line = last_error_line(log_file.read_text())
         finally:
             log_file.unlink(missing_ok=True)
@@ -280,7 +358,7 @@ class OciRuntime:
         if proc.returncode == 0:
             return _Completed(proc.returncode, stdout, stderr)
         detail = error_line or stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-        message = f"{self.handler.name} {args[0]}{' ' + container_id if container_id else ''}: {detail}"
+        message = f"{what}: {detail}"
         if container_id is not None and not (self.handler.root / container_id).exists():
             raise ContainerNotFoundError(message, detail)
         raise OciRuntimeError(message, detail)
@@ -291,6 +369,55 @@ async def _collect(stream: asyncio.StreamReader, sink: bytearray) -> None:
         room = EXEC_OUTPUT_LIMIT - len(sink)
         if room > 0:
             sink += chunk[:room]
+
+
+async def wait_for_exit(pid: int, timeout: float | None, kill_after: bool = False) -> bool:
+    """Wait until a process exits (True), or `timeout` passes (False; with kill_after the
+    process is then SIGKILLed and awaited). Works for processes that are not our children."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        await asyncio.wait_for(pidfd_exited(pidfd), timeout)
+        return True
+    except TimeoutError:
+        if not kill_after:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        await pidfd_exited(pidfd)
+        return False
+    finally:
+        os.close(pidfd)
+
+
+async def pidfd_exited(pidfd: int) -> None:
+    """Return once the process behind `pidfd` has exited."""
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+
+
+async def exit_status(proc: asyncio.subprocess.Process) -> int:
+    """A child's exit status once it has exited. Unlike Process.wait(), this does not also wait
+    for its output pipes to close, which processes it left behind may hold open."""
+    await wait_for_exit(proc.pid, None)
+    while proc.returncode is None:  # the child watcher reaps it a moment later
+        await asyncio.sleep(0.005)
+    return proc.returncode
+
+
+async def kill_session(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a runtime started in a session of its own, with what it started there, and reap it."""
+    if proc.returncode is None:
+        # While it is our unreaped child, its pid (and so its group id) is its own.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await exit_status(proc)
 
 
 async def kill_exec(runtime_proc: asyncio.subprocess.Process, pid_file: Path) -> None:
@@ -311,7 +438,6 @@ async def kill_exec(runtime_proc: asyncio.subprocess.Process, pid_file: Path) ->
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     try:
-        await asyncio.wait_for(runtime_proc.wait(), EXEC_PID_FILE_GRACE_SECONDS)
+        await asyncio.wait_for(exit_status(runtime_proc), EXEC_PID_FILE_GRACE_SECONDS)
     except TimeoutError:
-        runtime_proc.kill()
-        await runtime_proc.wait()
+        await kill_session(runtime_proc)

@@ -15,17 +15,16 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import signal
 import struct
-import tempfile
 import termios
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pycri.oci.runtime import EXEC_OUTPUT_DRAIN_SECONDS, ExecSpec, OciRuntime, exec_process, kill_exec, last_error_line
+from pycri.oci.driver import ContainerRuntime
+from pycri.oci.runtime import EXEC_OUTPUT_DRAIN_SECONDS, ExecCall, ExecSpec, OciRuntimeError
 from pycri.stream.remotecommand import CommandStreams, Outcome, TerminalSize
 
 log = logging.getLogger(__name__)
@@ -34,45 +33,31 @@ READ_SIZE = 32 * 1024
 
 
 async def run_exec(
-    runtime: OciRuntime, container_id: str, bundle: Path, command: list[str], streams: CommandStreams
+    runtime: ContainerRuntime, container_id: str, bundle: Path, command: list[str], streams: CommandStreams
 ) -> Outcome:
     """Run `command` in the container until it exits or the client goes away (then it is killed)."""
-    tty = streams.options.tty
+    failed = f"{runtime.name} exec {container_id}"
     try:
-        config = json.loads(await asyncio.to_thread((bundle / "config.json").read_text))
+        async with runtime.exec_call(container_id, bundle, ExecSpec(args=command, tty=streams.options.tty)) as call:
+            runner = _run_on_terminal if streams.options.tty else _run_on_pipes
+            returncode = await runner(call, streams)
+            error_line = call.error_line()
+    except OciRuntimeError as error:
+        return Outcome(error=str(error), command=tuple(command))
     except (OSError, ValueError) as error:
-        return Outcome(error=f"exec in container {container_id}: its bundle cannot be read: {error}")
-    env = list(config["process"].get("env") or [])
-    if tty and not any(entry.startswith("TERM=") for entry in env):
-        env.append("TERM=xterm")  # as containerd and CRI-O give a terminal exec
-    process = exec_process(config["process"], ExecSpec(args=command, env=env, tty=tty))
-    with tempfile.TemporaryDirectory(prefix="pycri-exec-") as workdir:
-        process_file = Path(workdir, "process.json")
-        process_file.write_text(json.dumps(process))
-        pid_file, log_file = Path(workdir, "exec.pid"), Path(workdir, "runtime.log")
-        argv = [
-            str(runtime.handler.path), *runtime.global_args(), "--log", str(log_file), "--log-format", "json",
-            "exec", "--process", str(process_file), "--pid-file", str(pid_file), container_id,
-        ]  # fmt: skip
-        runner = _run_on_terminal if tty else _run_on_pipes
-        try:
-            returncode = await runner(argv, pid_file, streams)
-        except OSError as error:
-            return Outcome(error=f"{runtime.handler.name} exec {container_id}: {error}", command=tuple(command))
-        error_line = last_error_line(log_file.read_text()) if log_file.exists() else ""
+        return Outcome(error=f"{failed}: {error}", command=tuple(command))
     if returncode is None:
         return Outcome(error="the client went away; the process was killed", command=tuple(command))
     if error_line:
-        return Outcome(error=f"{runtime.handler.name} exec {container_id}: {error_line}", command=tuple(command))
+        return Outcome(error=f"{failed}: {error_line}", command=tuple(command))
     log.info("exec finished", extra={"fields": {"container_id": container_id, "exit_code": returncode}})
     return Outcome(exit_code=returncode, command=tuple(command))
 
 
-async def _run_on_pipes(argv: list[str], pid_file: Path, streams: CommandStreams) -> int | None:
+async def _run_on_pipes(call: ExecCall, streams: CommandStreams) -> int | None:
     options = streams.options
     pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
+    proc = await call.spawn(
         stdin=pipe if options.stdin else null,
         stdout=pipe if options.stdout else null,
         stderr=pipe if options.stderr else null,
@@ -83,13 +68,13 @@ async def _run_on_pipes(argv: list[str], pid_file: Path, streams: CommandStreams
     if proc.stderr is not None:
         outputs.append(asyncio.create_task(_copy_output(proc.stderr.read, streams.write_stderr)))
     feeder = asyncio.create_task(_feed_pipe(streams, proc.stdin)) if proc.stdin is not None else None
-    return await _wait(proc, pid_file, streams, outputs, [feeder] if feeder else [])
+    return await _wait(call, proc, streams, outputs, [feeder] if feeder else [])
 
 
-async def _run_on_terminal(argv: list[str], pid_file: Path, streams: CommandStreams) -> int | None:
+async def _run_on_terminal(call: ExecCall, streams: CommandStreams) -> int | None:
     master, slave = os.openpty()
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=slave, stdout=slave, stderr=slave)
+        proc = await call.spawn(stdin=slave, stdout=slave, stderr=slave)
     except BaseException:
         os.close(master)
         raise
@@ -106,32 +91,25 @@ async def _run_on_terminal(argv: list[str], pid_file: Path, streams: CommandStre
             asyncio.create_task(_feed_terminal(streams, input_fd)),
             asyncio.create_task(_apply_resizes(streams, input_fd, proc)),
         ]
-        return await _wait(proc, pid_file, streams, outputs, helpers)
+        return await _wait(call, proc, streams, outputs, helpers)
     finally:
         transport.close()
         os.close(input_fd)
 
 
 async def _wait(
-    proc: asyncio.subprocess.Process, pid_file: Path, streams: CommandStreams, outputs: list[asyncio.Task[None]],
+    call: ExecCall, proc: asyncio.subprocess.Process, streams: CommandStreams, outputs: list[asyncio.Task[None]],
     helpers: list[asyncio.Task[None]],
 ) -> int | None:  # fmt: skip
     """The exit code once runc exits and the output is drained; None (process killed) if the client left."""
-    exited = asyncio.create_task(proc.wait())
-    gone = asyncio.create_task(streams.client_gone.wait())
     try:
-        await asyncio.wait({exited, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not exited.done():
-            await kill_exec(proc, pid_file)
-            return None
-        # Processes the command left behind may hold the output open; stop waiting for them.
-        await asyncio.wait(outputs, timeout=EXEC_OUTPUT_DRAIN_SECONDS)
-        return proc.returncode
-    except asyncio.CancelledError:
-        await asyncio.shield(kill_exec(proc, pid_file))
-        raise
+        returncode = await call.wait(proc, stop=streams.client_gone.wait())
+        if returncode is not None:
+            # Processes the command left behind may hold the output open; stop waiting for them.
+            await asyncio.wait(outputs, timeout=EXEC_OUTPUT_DRAIN_SECONDS)
+        return returncode
     finally:
-        for task in (exited, gone, *outputs, *helpers):
+        for task in (*outputs, *helpers):
             task.cancel()
 
 

@@ -1,6 +1,8 @@
-"""runc and crun under conmon: create, start, logs, exit files, kill, delete, exec, update, stats."""
+"""ContainerRuntime on runc and crun under conmon: create, start, logs, exit files, kill, delete,
+exec, update, stats."""
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -16,22 +18,24 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+from pycri.cgroups import CgroupManager, host_layout, make_cgroup_manager
 from pycri.oci import conmon
-from pycri.oci.conmon import ConmonCreate, ConmonProcess, ContainerCreateError, ExitInfo
+from pycri.oci.conmon import ConmonProcess, ContainerCreateError, ExitInfo
+from pycri.oci.driver import ContainerCreate, ContainerRuntime, RuntimeTimeouts
 from pycri.oci.runtime import (
     ContainerNotFoundError,
     ContainerStatus,
     ExecSpec,
     ExecTimeoutError,
-    OciRuntime,
     RuntimeHandler,
+    wait_for_exit,
 )
-from pycri.stats import cgroups
 
 RUNTIMES = {"runc": Path("/usr/sbin/runc"), "crun": Path("/usr/bin/crun")}
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat", "true", "dd", "pwd")
 LOG_LINE = re.compile(r"^(?P<time>\S+) (?P<stream>stdout|stderr) (?P<tag>[FP]) (?P<text>.*)$")
 WAIT_LIMIT_SECONDS = 30.0
+TIMEOUTS = RuntimeTimeouts(call=60.0, conmon_create=120.0)
 
 pytestmark = [
     pytest.mark.integration,
@@ -102,24 +106,22 @@ def make_bundle(directory: Path, args: list[str], cgroups_path: str, terminal: b
     return directory
 
 
+def container_runtime(name: str, path: Path, base: Path, timeouts: RuntimeTimeouts = TIMEOUTS) -> ContainerRuntime:
+    handler = RuntimeHandler(name=name, path=path, root=base / "runtime-root")
+    return ContainerRuntime(handler, conmon.DEFAULT_CONMON_PATH, base / "exits", base / "sockets", timeouts)
+
+
 @dataclass
 class Host:
     """A runtime with its state dirs in a temp dir, and everything the test created."""
 
-    runtime: OciRuntime
+    runtime: ContainerRuntime
     base: Path
     cgroup_parent: str
+    cgroups: CgroupManager
     created: list[tuple[str, int]] = field(default_factory=list)  # (container id, conmon pid)
 
-    @property
-    def exit_dir(self) -> Path:
-        return self.base / "exits"
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.base / "sockets"
-
-    def request(self, name: str, args: list[str], **options: Any) -> ConmonCreate:
+    def request(self, name: str, args: list[str], **options: Any) -> ContainerCreate:
         container_id = f"{name}-{secrets.token_hex(8)}"
         cwd = options.pop("cwd", "/")
         bundle = make_bundle(
@@ -129,36 +131,30 @@ class Host:
             terminal=options.get("tty", False),
             cwd=cwd,
         )
-        return ConmonCreate(
+        return ContainerCreate(
             container_id=container_id,
             name=name,
             bundle=bundle,
-            runtime=self.runtime.handler,
             log_path=self.base / "logs" / f"{name}.log",
-            exit_dir=self.exit_dir,
-            persist_dir=self.base / "persist" / container_id,
-            socket_dir=self.socket_dir,
             **options,
         )
 
-    async def create(self, req: ConmonCreate) -> ConmonProcess:
-        created = await conmon.create_container(req)
+    async def create(self, req: ContainerCreate) -> ConmonProcess:
+        created = await self.runtime.create(req)
         self.created.append((req.container_id, created.conmon_pid))
         return created
 
-    async def run(self, name: str, args: list[str], **options: Any) -> tuple[ConmonCreate, ConmonProcess]:
+    async def run(self, name: str, args: list[str], **options: Any) -> tuple[ContainerCreate, ConmonProcess]:
         req = self.request(name, args, **options)
         created = await self.create(req)
         await self.runtime.start(req.container_id)
         return req, created
 
-    async def exited(self, req: ConmonCreate) -> ExitInfo:
-        return await eventually(
-            lambda: conmon.read_exit(req.exit_dir, req.persist_dir, req.container_id), "the exit file"
-        )
+    async def exited(self, req: ContainerCreate) -> ExitInfo:
+        return await eventually(lambda: self.runtime.read_exit(req.container_id, req.bundle), "the exit file")
 
     def cgroup_dir(self, name: str, controller: str) -> Path:
-        layout = cgroups.host_layout()
+        layout = host_layout()
         mount = layout.unified or layout.v1[controller]
         return mount / f"{self.cgroup_parent}/{name}".lstrip("/")
 
@@ -170,19 +166,20 @@ async def host(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         pytest.skip(f"{request.param} not installed")
     if request.param == "crun" and hybrid_v2_has_controllers():
         pytest.skip("crun refuses hybrid cgroups while the v2 hierarchy holds controllers (`crun create` fails)")
-    handler = RuntimeHandler(name=request.param, path=path, root=tmp_path / "runtime-root")
-    test_host = Host(OciRuntime(handler), tmp_path, f"/pycri-test-{secrets.token_hex(4)}")
+    cgroup_parent = f"/pycri-test-{secrets.token_hex(4)}"
+    manager = make_cgroup_manager("cgroupfs", cgroup_parent, "pod")
+    test_host = Host(container_runtime(request.param, path, tmp_path), tmp_path, cgroup_parent, manager)
     yield test_host
     for container_id, conmon_pid in test_host.created:
         await test_host.runtime.delete(container_id, force=True)
-        await conmon.wait_for_exit(conmon_pid, 10, kill_after=True)
-        conmon.remove_conmon_files(test_host.exit_dir, test_host.socket_dir, container_id)
-    await cgroups.remove_cgroup(test_host.cgroup_parent)
+        await wait_for_exit(conmon_pid, 10, kill_after=True)
+        test_host.runtime.remove_conmon_files(container_id)
+    await manager.remove(cgroup_parent)
 
 
 def hybrid_v2_has_controllers() -> bool:
     controllers = Path("/sys/fs/cgroup/unified/cgroup.controllers")
-    return cgroups.host_layout().unified is None and controllers.exists() and bool(controllers.read_text().split())
+    return host_layout().unified is None and controllers.exists() and bool(controllers.read_text().split())
 
 
 def log_entries(path: Path) -> list[tuple[str, str, str]]:
@@ -205,9 +202,9 @@ async def test_create_start_log_and_exit_code(host: Host) -> None:
     assert state.pid == created.container_pid
     assert state.bundle == req.bundle
     assert process_running(created.conmon_pid)
-    assert conmon.read_exit(req.exit_dir, req.persist_dir, req.container_id) is None
-    assert conmon.attach_socket_path(req.socket_dir, req.container_id).is_socket()
-    assert conmon.read_conmon_process(req.persist_dir) == created
+    assert host.runtime.read_exit(req.container_id, req.bundle) is None
+    assert host.runtime.attach_socket(req.container_id).is_socket()
+    assert conmon.read_conmon_process(req.bundle) == created
 
     await host.runtime.start(req.container_id)
     exit_info = await host.exited(req)
@@ -250,23 +247,11 @@ async def test_sigkill_stops_sleep_and_kill_after_exit_is_quiet(host: Host) -> N
     state = await host.runtime.state(req.container_id)
     assert state is not None and state.status == ContainerStatus.RUNNING
 
-    await host.runtime.kill(req.container_id, signal.SIGKILL, all_processes=True)
+    await host.runtime.kill(req.container_id, signal.SIGKILL)
 
     assert (await host.exited(req)).code == 128 + signal.SIGKILL
     assert not process_running(created.container_pid)
     await host.runtime.kill(req.container_id, signal.SIGTERM)
-
-
-async def test_pause_and_resume(host: Host) -> None:
-    req, _ = await host.run("pausable", ["/bin/sleep", "1000"])
-
-    await host.runtime.pause(req.container_id)
-    paused = await host.runtime.state(req.container_id)
-    await host.runtime.resume(req.container_id)
-    resumed = await host.runtime.state(req.container_id)
-
-    assert paused is not None and paused.status == ContainerStatus.PAUSED
-    assert resumed is not None and resumed.status == ContainerStatus.RUNNING
 
 
 async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
@@ -276,7 +261,9 @@ async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
         req.container_id, ExecSpec(["/bin/sh", "-c", "echo out $GREETING; echo err >&2; exit 7"]), timeout=30
     )
     overridden = await host.runtime.exec_sync(
-        req.container_id, ExecSpec(["/bin/sh", "-c", "echo $GREETING; pwd"], env=["GREETING=hi"], cwd="/bin")
+        req.container_id,
+        ExecSpec(["/bin/sh", "-c", "echo $GREETING; pwd"], env=["GREETING=hi"], cwd="/bin"),
+        timeout=None,
     )
 
     assert (result.exit_code, result.stdout, result.stderr) == (7, b"out from-spec\n", b"err\n")
@@ -289,7 +276,7 @@ async def test_exec_sync_failure_to_start_raises(host: Host) -> None:
     with pytest.raises(Exception, match="nope") as raised:
         await host.runtime.exec_sync(req.container_id, ExecSpec(["/bin/nope"]), timeout=30)
     with pytest.raises(ContainerNotFoundError):
-        await host.runtime.exec_sync("no-such-container", ExecSpec(["/bin/true"]))
+        await host.runtime.exec_sync("no-such-container", ExecSpec(["/bin/true"]), timeout=None)
 
     assert not isinstance(raised.value, ExecTimeoutError)
 
@@ -331,9 +318,9 @@ async def test_create_failure_reports_cause_and_leaves_nothing(host: Host) -> No
         assert not (host.runtime.handler.root / req.container_id).exists()
         assert not [proc for proc in psutil.process_iter(["cmdline"]) if req.container_id in " ".join(
             proc.info["cmdline"] or []) and process_running(proc.pid)]  # fmt: skip
-        assert not os.path.lexists(req.socket_dir / req.container_id)
-        assert not (req.exit_dir / req.container_id).exists()
-        assert not (req.persist_dir / conmon.CONMON_PIDFILE).exists()
+        assert not os.path.lexists(host.runtime.socket_dir / req.container_id)
+        assert not (host.runtime.exit_dir / req.container_id).exists()
+        assert not (req.bundle / conmon.CONMON_PIDFILE).exists()
         assert not req.log_path.exists()
         assert not host.cgroup_dir("broken", "memory").exists()
 
@@ -344,17 +331,17 @@ async def test_update_memory_limit(host: Host) -> None:
 
     await host.runtime.update(req.container_id, {"memory": {"limit": limit, "swap": limit}})
 
-    limit_file = "memory.max" if cgroups.host_layout().unified else "memory.limit_in_bytes"
+    limit_file = "memory.max" if host_layout().unified else "memory.limit_in_bytes"
     assert int((host.cgroup_dir("limited", "memory") / limit_file).read_text()) == limit
-    assert cgroups.read_stats(f"{host.cgroup_parent}/limited").memory_limit == limit
+    assert host.cgroups.read_stats(f"{host.cgroup_parent}/limited").memory_limit == limit
 
 
 async def test_read_stats_of_running_container(host: Host) -> None:
     req, _ = await host.run("busy", ["/bin/sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000"])
     await eventually(lambda: any(p.name() == "sleep" for p in map(psutil.Process, host_pids(host, "busy"))), "sleep")
 
-    stats = cgroups.read_stats(f"{host.cgroup_parent}/busy")
-    pod_stats = cgroups.read_stats(host.cgroup_parent)
+    stats = host.cgroups.read_stats(f"{host.cgroup_parent}/busy")
+    pod_stats = host.cgroups.read_stats(host.cgroup_parent)
 
     assert stats.cpu_usage_ns > 0
     assert stats.memory_usage > 0
@@ -362,7 +349,7 @@ async def test_read_stats_of_running_container(host: Host) -> None:
     assert stats.page_faults > 0
     assert stats.pids == 1
     assert pod_stats.cpu_usage_ns >= stats.cpu_usage_ns
-    assert cgroups.cgroup_exists(f"{host.cgroup_parent}/busy")
+    assert host.cgroups.exists(f"{host.cgroup_parent}/busy")
 
 
 async def test_oom_kill_is_recorded(host: Host) -> None:
@@ -386,7 +373,7 @@ async def test_reopen_log_after_rotation(host: Host) -> None:
     rotated = req.log_path.with_name("chatty.log.1")
     req.log_path.rename(rotated)
 
-    conmon.reopen_log(req.bundle)
+    host.runtime.reopen_log(req.bundle)
 
     await eventually(lambda: req.log_path.exists() and req.log_path.stat().st_size > 0 or None, "a new log file")
     assert set(log_entries(req.log_path)) == {("stdout", "F", "tick")}
@@ -401,9 +388,10 @@ async def test_terminal_output_reaches_the_log(host: Host) -> None:
     assert texts == ["on-a-tty", "is-a-tty"]
 
 
-async def test_conmon_runs_in_the_requested_cgroup(host: Host) -> None:
+async def test_conmon_is_placed_before_it_starts_the_runtime(host: Host) -> None:
     conmon_cgroup = f"{host.cgroup_parent}/conmon-watched"
-    req, created = await host.run("watched", ["/bin/sleep", "1000"], conmon_cgroup=conmon_cgroup)
+    place = functools.partial(host.cgroups.place_conmon, host.cgroup_parent, "watched")
+    req, created = await host.run("watched", ["/bin/sleep", "1000"], place_conmon=place)
 
     memberships = Path(f"/proc/{created.conmon_pid}/cgroup").read_text().splitlines()
     assert any(line.endswith(f":{conmon_cgroup}") for line in memberships)
@@ -417,7 +405,7 @@ async def test_conmon_runs_in_the_requested_cgroup(host: Host) -> None:
 async def test_calls_that_need_no_container(name: str, tmp_path: Path) -> None:
     if not RUNTIMES[name].exists():
         pytest.skip(f"{name} not installed")
-    runtime = OciRuntime(RuntimeHandler(name=name, path=RUNTIMES[name], root=tmp_path / "root"))
+    runtime = container_runtime(name, RUNTIMES[name], tmp_path)
 
     version = await runtime.version()
     features = await runtime.features()
@@ -429,7 +417,7 @@ async def test_calls_that_need_no_container(name: str, tmp_path: Path) -> None:
     assert await runtime.list_containers() == []
     await runtime.delete("missing")
     await runtime.delete("missing", force=True)
-    for call in (runtime.start, runtime.pause, lambda container_id: runtime.kill(container_id, signal.SIGTERM)):
+    for call in (runtime.start, lambda container_id: runtime.kill(container_id, signal.SIGTERM)):
         with pytest.raises(ContainerNotFoundError):
             await call("missing")
 

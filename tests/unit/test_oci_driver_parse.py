@@ -64,10 +64,20 @@ def test_exec_process_overrides() -> None:
 
     process = exec_process(CONTAINER_PROCESS, spec)
 
-    assert process["env"] == ["A=1"]
+    assert process["env"] == ["A=1", "TERM=xterm"]
     assert process["cwd"] == "/tmp"
     assert process["user"] == {"uid": 5, "gid": 6, "additionalGids": [7, 8]}
     assert process["terminal"] is True
+
+
+def test_terminal_exec_gets_a_term_unless_it_has_one() -> None:
+    inherited = exec_process(CONTAINER_PROCESS, ExecSpec(["sh"], tty=True))
+    own = exec_process(CONTAINER_PROCESS, ExecSpec(["sh"], env=["TERM=vt100"], tty=True))
+    plain = exec_process(CONTAINER_PROCESS, ExecSpec(["sh"]))
+
+    assert inherited["env"] == ["PATH=/bin", "MODE=prod", "TERM=xterm"]
+    assert own["env"] == ["TERM=vt100"]
+    assert plain["env"] == CONTAINER_PROCESS["env"]
 
 
 def test_last_error_line_picks_the_last_error() -> None:
