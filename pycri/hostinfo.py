@@ -48,18 +48,18 @@ def find_plugin(name: str, bin_dirs: list[Path]) -> Path | None:
     return None
 
 
-def _first_line(args: list[str], env: dict[str, str] | None = None) -> str | None:
+def _first_line(args: list[str], timeout: float, env: dict[str, str] | None = None) -> str | None:
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=10, env=env, stdin=subprocess.DEVNULL)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = (done.stdout or done.stderr).strip().splitlines()
     return lines[0] if lines else None
 
 
-def _plugin_info(path: Path) -> BinaryInfo:
-    version = _first_line([str(path)], env={}) or "unknown"
-    about = _first_line([str(path)], env={"CNI_COMMAND": "VERSION"})
+def _plugin_info(path: Path, timeout: float) -> BinaryInfo:
+    version = _first_line([str(path)], timeout, env={}) or "unknown"
+    about = _first_line([str(path)], timeout, env={"CNI_COMMAND": "VERSION"})
     try:
         supported = json.loads(about or "{}").get("supportedVersions", [])
     except json.JSONDecodeError:
@@ -73,13 +73,13 @@ def collect_host_info(config: Config, plugins: tuple[str, ...] = DEFAULT_PLUGINS
     for name, handler in config.runtime.handlers.items():
         info = BinaryInfo(str(handler.path))
         if is_executable(handler.path):
-            info.version = _first_line([str(handler.path), "--version"])
+            info.version = _first_line([str(handler.path), "--version"], config.timeouts.runtime)
         else:
             missing.append(f"runtime handler {name!r}: {handler.path} is not an executable file")
         runtimes[name] = info
     conmon = BinaryInfo(str(config.runtime.conmon))
     if is_executable(config.runtime.conmon):
-        conmon.version = _first_line([str(config.runtime.conmon), "--version"])
+        conmon.version = _first_line([str(config.runtime.conmon), "--version"], config.timeouts.runtime)
     else:
         missing.append(f"conmon: {config.runtime.conmon} is not an executable file")
     cni: dict[str, BinaryInfo] = {}
@@ -89,5 +89,5 @@ def collect_host_info(config: Config, plugins: tuple[str, ...] = DEFAULT_PLUGINS
             missing.append(f"CNI plugin {plugin!r}: not in {', '.join(map(str, config.cni.bin_dirs))}")
             cni[plugin] = BinaryInfo("")
         else:
-            cni[plugin] = _plugin_info(found)
+            cni[plugin] = _plugin_info(found, config.timeouts.cni)
     return HostInfo(__version__, runtimes, conmon, cni, missing)

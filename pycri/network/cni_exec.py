@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from pycri.network.cni_config import NetworkConfig, version_at_least
+from pycri.process_exit import kill_session
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BIN_DIRS: tuple[Path, ...] = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
+# Seconds one plugin execution may take (config [timeouts] cni).
+DEFAULT_PLUGIN_TIMEOUT = 120.0
 # The newest spec version pycri speaks, sent with VERSION as libcni does.
 LATEST_VERSION = "1.1.0"
 
@@ -122,10 +125,12 @@ def error_from_output(plugin: str, command: str, stdout: bytes, stderr: bytes, r
 
 
 class PluginRunner:
-    """Finds plugin binaries in the bin dirs and executes them."""
+    """Finds plugin binaries in the bin dirs and executes them, each execution bounded by `timeout`
+    seconds: a plugin that outlasts it is killed with what it started in its session."""
 
-    def __init__(self, bin_dirs: Sequence[Path] = DEFAULT_BIN_DIRS) -> None:
+    def __init__(self, bin_dirs: Sequence[Path] = DEFAULT_BIN_DIRS, timeout: float = DEFAULT_PLUGIN_TIMEOUT) -> None:
         self.bin_dirs = tuple(bin_dirs)
+        self.timeout = timeout
         self._versions: dict[Path, tuple[int, frozenset[str]]] = {}
 
     def find(self, plugin_type: str, command: str = "lookup") -> Path:
@@ -146,13 +151,17 @@ class PluginRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=plugin_env(command, self.bin_dirs, runtime),
+            start_new_session=True,
         )
         try:
-            stdout, stderr = await proc.communicate(json.dumps(conf).encode())
+            stdout, stderr = await asyncio.wait_for(proc.communicate(json.dumps(conf).encode()), self.timeout)
+        except TimeoutError:
+            await asyncio.shield(kill_session(proc))
+            fields = {"plugin": plugin_type, "command": command, "seconds": self.timeout}
+            log.warning("CNI plugin timed out", extra={"fields": fields})
+            raise CniError(plugin_type, command, f"no answer within {self.timeout}s; the plugin was killed") from None
         except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await asyncio.shield(kill_session(proc))
             raise
         if proc.returncode != 0:
             raise error_from_output(plugin_type, command, stdout, stderr, proc.returncode or 0)

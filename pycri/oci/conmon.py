@@ -35,11 +35,10 @@ from pycri.oci.runtime import (
     OciRuntimeError,
     RuntimeHandler,
     RuntimeTimeout,
-    exit_status,
     last_error_line,
-    pidfd_exited,
 )
-from pycri.oci.runtime import wait_for_exit as wait_for_exit  # re-exported: tests/integration/test_recovery_sweep.py
+from pycri.process_exit import exit_status, pidfd_exited
+from pycri.process_exit import wait_for_exit as wait_for_exit  # re-exported: tests/integration/test_recovery_sweep.py
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from pycri.oci.runtime import (
     ExecSpec,
     ExecTimeoutError,
     RuntimeHandler,
-    wait_for_exit,
 )
+from pycri.process_exit import wait_for_exit
 
 RUNTIMES = {"runc": Path("/usr/sbin/runc"), "crun": Path("/usr/bin/crun")}
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat", "true", "dd", "pwd")

@@ -1,0 +1,57 @@
+"""Waiting for processes to exit and killing the ones pycri runs (runtimes, conmon, CNI plugins)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+
+async def wait_for_exit(pid: int, timeout: float | None, kill_after: bool = False) -> bool:
+    """Wait until a process exits (True), or `timeout` passes (False; with kill_after the
+    process is then SIGKILLed and awaited). Works for processes that are not our children."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        await asyncio.wait_for(pidfd_exited(pidfd), timeout)
+        return True
+    except TimeoutError:
+        if not kill_after:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        await pidfd_exited(pidfd)
+        return False
+    finally:
+        os.close(pidfd)
+
+
+async def pidfd_exited(pidfd: int) -> None:
+    """Return once the process behind `pidfd` has exited."""
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+
+
+async def exit_status(proc: asyncio.subprocess.Process) -> int:
+    """A child's exit status once it has exited. Unlike Process.wait(), this does not also wait
+    for its output pipes to close, which processes it left behind may hold open."""
+    await wait_for_exit(proc.pid, None)
+    while proc.returncode is None:  # the child watcher reaps it a moment later
+        await asyncio.sleep(0.005)
+    return proc.returncode
+
+
+async def kill_session(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a child started in a session of its own (start_new_session), with what it started there, and reap it."""
+    if proc.returncode is None:
+        # While it is our unreaped child, its pid (and so its group id) is its own.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await exit_status(proc)
