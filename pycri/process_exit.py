@@ -42,7 +42,8 @@ async def pidfd_exited(pidfd: int) -> None:
 async def exit_status(proc: asyncio.subprocess.Process) -> int:
     """A child's exit status once it has exited. Unlike Process.wait(), this does not also wait
     for its output pipes to close, which processes it left behind may hold open."""
-    await wait_for_exit(proc.pid, None)
+    if proc.returncode is None:
+        await wait_for_exit(proc.pid, None)
     while proc.returncode is None:  # the child watcher reaps it a moment later
         await asyncio.sleep(0.005)
     return proc.returncode

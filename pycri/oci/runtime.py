@@ -104,13 +104,6 @@ class ExecResult:
     stderr: bytes
 
 
-@dataclass(frozen=True)
-class _Completed:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-
 def exec_process(container_process: dict[str, Any], spec: ExecSpec) -> dict[str, Any]:
     """The OCI process for an exec: the container's process (capabilities, apparmor,
     no_new_privileges, rlimits, user, env, cwd) with the exec's args and overrides."""
@@ -329,7 +322,7 @@ class OciRuntime:
             "--log", str(log_file), "--log-format", "json", *args,
         ]  # fmt: skip
 
-    async def _run(self, args: Sequence[str], container_id: str | None = None) -> _Completed:
+    async def _run(self, args: Sequence[str], container_id: str | None = None) -> ExecResult:
         what = f"{self.handler.name} {args[0]}{' ' + container_id if container_id else ''}"
         fd, log_name = tempfile.mkstemp(prefix="pycri-runtime-", suffix=".log")
         os.close(fd)
@@ -358,7 +351,7 @@ class OciRuntime:
             log_file.unlink(missing_ok=True)
         assert proc.returncode is not None
         if proc.returncode == 0:
-            return _Completed(proc.returncode, stdout, stderr)
+            return ExecResult(proc.returncode, stdout, stderr)
         detail = error_line or stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
         message = f"{what}: {detail}"
         if container_id is not None and not (self.handler.root / container_id).exists():
