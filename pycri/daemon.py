@@ -1,5 +1,5 @@
-"""The daemon's long-lived parts: config, metadata store, services, and the locks
-that keep two pycri processes off one root dir or socket."""
+"""The daemon's long-lived parts: config, store, host managers, services, and the lock
+that keeps two pycri processes off one root dir."""
 
 from __future__ import annotations
 
@@ -10,14 +10,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycri.api import api_pb2
+from pycri.calls import ObjectLocks
+from pycri.cgroups import CgroupManager, make_cgroup_manager
 from pycri.config import Config
+from pycri.container.context import ContainerContext
 from pycri.container.service import ContainerService
 from pycri.hostinfo import HostInfo, collect_host_info, is_executable
 from pycri.image.service import ImageService
 from pycri.network.cni import CniManager
 from pycri.network.cni_config import installed_default_config
-from pycri.sandbox.metadata import SandboxRecord
+from pycri.oci.driver import ContainerRuntime, RuntimeTimeouts
+from pycri.oci.runtime import RuntimeHandler
+from pycri.recovery.start import recover
+from pycri.sandbox.context import SandboxContext
+from pycri.sandbox.namespaces import HostNamespaces
+from pycri.sandbox.pause import PauseProcesses
 from pycri.sandbox.service import SandboxService
+from pycri.state.intents import IntentLog
+from pycri.state.memory import StateStore
 from pycri.state.store import Store
 from pycri.stream.service import StreamService
 
@@ -42,15 +52,40 @@ def _lock(path: Path) -> int:
     return fd
 
 
+def container_runtimes(config: Config) -> dict[str, ContainerRuntime]:
+    """One driver per configured runtime handler."""
+    timeouts = RuntimeTimeouts(call=config.timeouts.runtime, conmon_create=config.timeouts.conmon_create)
+    return {
+        name: ContainerRuntime(
+            RuntimeHandler(
+                name=name,
+                path=handler.path,
+                root=config.handler_root(name),
+                systemd_cgroup=config.runtime.cgroup_driver == "systemd",
+            ),
+            conmon=config.runtime.conmon,
+            exit_dir=config.state_dir / "exits",
+            socket_dir=config.state_dir / "attach",
+            timeouts=timeouts,
+            log_size_max=config.runtime.log_size_max,
+        )
+        for name, handler in config.runtime.handlers.items()
+    }
+
+
 @dataclass
 class Daemon:
     config: Config
     store: Store
+    state: StateStore
+    intents: IntentLog
+    cgroups: CgroupManager
     network: CniManager
     images: ImageService
-    sandboxes: SandboxService
     containers: ContainerService
+    sandboxes: SandboxService
     streams: StreamService
+    locks: ObjectLocks
     # What each runtime handler can do, read from `<runtime> features` at start.
     handler_features: dict[str, api_pb2.RuntimeHandlerFeatures] = field(default_factory=dict)
     _lock_fd: int = -1
@@ -66,39 +101,45 @@ class Daemon:
         except BaseException:
             os.close(lock_fd)
             raise
+        own_oom_score_adj = int(Path("/proc/self/oom_score_adj").read_text())
+        state = StateStore(store, config.root_dir / "sandboxes", config.state_dir / "sandboxes")
+        intents = IntentLog(store)
+        locks = ObjectLocks()
+        cgroups = make_cgroup_manager(
+            config.runtime.cgroup_driver, config.runtime.cgroup_parent, config.runtime.conmon_cgroup
+        )
+        runtimes = container_runtimes(config)
         network = CniManager(config.cni.conf_dir, config.cni.bin_dirs, config.root_dir / "cni")
         images = ImageService(config, store)
-        sandboxes = SandboxService(config, store, network, images)
-        containers = ContainerService(config, store, images, sandboxes)
+        containers = ContainerService(
+            ContainerContext(config, state, intents, images, runtimes, cgroups, own_oom_score_adj), locks
+        )
+        pause = PauseProcesses(config, images, runtimes, cgroups, own_oom_score_adj)
+        sandboxes = SandboxService(
+            SandboxContext(config, state, intents, network, HostNamespaces(), pause, cgroups), containers, locks
+        )
         streams = StreamService(config, containers, sandboxes)
-        daemon = cls(config, store, network, images, sandboxes, containers, streams, _lock_fd=lock_fd)
-        sandboxes.add_stop_hook(daemon._stop_pod_containers)
-        sandboxes.add_remove_hook(daemon._remove_pod_containers)
-        return daemon
+        return cls(
+            config, store, state, intents, cgroups, network, images, containers, sandboxes, streams, locks,
+            _lock_fd=lock_fd,
+        )  # fmt: skip
 
     async def start(self) -> None:
-        """Bring the services up; runs before the socket accepts calls."""
+        """Recover, then bring the services up; runs before the socket accepts calls."""
+        for directory in ("exits", "attach", "containers", "sandboxes"):
+            (self.config.state_dir / directory).mkdir(parents=True, exist_ok=True)
         if self.config.cni.install_default_config:
             installed_default_config(self.config.cni.conf_dir, self.config.cni.default_subnet)
         await self.images.start()
-        await self.sandboxes.reconcile()
-        await self.containers.load()
-        for name, handler in self.config.runtime.handlers.items():
-            features = await self.containers.runtime(name).features() or {} if is_executable(handler.path) else {}
+        await recover(self.store, self.containers, self.sandboxes, self.intents, self.images.recover)
+        for name, runtime in self.containers.ctx.runtimes.items():
+            handler = self.config.runtime.handlers[name]
+            features = await runtime.features() or {} if is_executable(handler.path) else {}
             self.handler_features[name] = api_pb2.RuntimeHandlerFeatures(
                 recursive_read_only_mounts="rro" in (features.get("mountOptions") or []),
                 user_namespaces=False,  # the spec generator refuses user namespaces for now
             )
         await self.streams.start()
-
-    async def _stop_pod_containers(self, sandbox: SandboxRecord) -> None:
-        """StopPodSandbox ends every container of the pod at once, as CRI asks."""
-        for container in self.containers.in_sandbox(sandbox.id):
-            await self.containers.stop(container.id, timeout=0)
-
-    async def _remove_pod_containers(self, sandbox: SandboxRecord) -> None:
-        for container in self.containers.in_sandbox(sandbox.id):
-            await self.containers.remove(container.id)
 
     def host_info(self) -> HostInfo:
         """Versions of the host's binaries, read once (they only change with a package upgrade)."""
@@ -111,6 +152,7 @@ class Daemon:
             self.network.pod_cidr = cidr
 
     async def close(self) -> None:
+        await self.locks.drain()
         self.containers.close()
         await self.images.close()
         self.store.close()

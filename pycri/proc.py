@@ -75,8 +75,13 @@ class ProcessRef:
         if fd is None:
             return True
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, on_exit)
         try:
             await asyncio.wait_for(exited, timeout)
             return True

@@ -2,7 +2,8 @@
 
 Each image mount becomes a read-only overlay (no upper dir) under the
 container's layer dir, leased like the rootfs; the spec then sees a plain
-bind mount of it (or of its image_sub_path).
+bind mount of it (or of its image_sub_path). The container's teardown
+unmounts them.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import os
 from pathlib import Path, PurePosixPath
 
 from pycri.api import api_pb2
+from pycri.container.rootfs import mount_leased
 from pycri.errors import InvalidArgument, NotFound
 from pycri.image import overlay
 from pycri.image.service import ImageService
-from pycri.undo import UndoStack
 
 IMAGE_MOUNTS_DIR = "image-mounts"
 
 
 async def mount_image_volumes(
-    images: ImageService, config: api_pb2.ContainerConfig, container_id: str, layers: Path, undo: UndoStack
+    images: ImageService, config: api_pb2.ContainerConfig, container_id: str, layers: Path
 ) -> api_pb2.ContainerConfig:
     """Mount the config's image volumes; returns the config with each one turned into a bind
     mount, while `config` itself gets each volume's image ID in image.image_ref for status."""
@@ -38,11 +39,7 @@ async def mount_image_volumes(
             raise NotFound(f"{field}.image: image {mount.image.image!r} not found: pull it first")
         target = layers / IMAGE_MOUNTS_DIR / str(number)
         await asyncio.to_thread(target.mkdir, parents=True)
-        await asyncio.to_thread(images.metadata.lease, container_id, image.chain_ids)
-        await asyncio.to_thread(
-            images.snapshots.mount_rootfs, list(reversed(image.chain_ids)), None, None, target, True
-        )
-        undo.push(f"unmount image volume {number}", lambda target=target: overlay.unmount(target))
+        await mount_leased(images, container_id, image.chain_ids, target, writable=None)
         source = _sub_path(target, mount.image_sub_path, f"{field}.image_sub_path")
         mount.image.image_ref = image.id
         bind = for_spec.mounts[number]

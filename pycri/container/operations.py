@@ -3,38 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import time
 from pathlib import Path
 
 from pycri.api import api_pb2
-from pycri.container.metadata import ContainerRecord, ContainerState, layer_dir
-from pycri.container.service import ContainerService
+from pycri.container.context import ContainerContext
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from pycri.image.snapshots import disk_usage
-from pycri.oci import conmon
 from pycri.oci.runtime import ContainerNotFoundError, ExecSpec, ExecTimeoutError, OciRuntimeError
 from pycri.oci.spec_resources import linux_resources
-from pycri.stats.cri import fill_cpu_memory, read_stats_if_any
+from pycri.state import containers
+from pycri.state.containers import ContainerRecord, ContainerState
+from pycri.stats.cri import fill_cpu_memory
 
 REOPEN_WAIT_SECONDS = 5.0
 
 
-def _running(service: ContainerService, container_id: str) -> ContainerRecord:
-    record = service.get(container_id)
-    service.refresh(record)
-    if record.state is not ContainerState.RUNNING:
-        raise FailedPrecondition(f"container {record.id} is {record.state.value}, not running")
-    return record
-
-
 async def exec_sync(
-    service: ContainerService, container_id: str, command: list[str], timeout: float
+    ctx: ContainerContext, record: ContainerRecord, command: list[str], timeout: float
 ) -> api_pb2.ExecSyncResponse:
     if not command:
         raise InvalidArgument("cmd: empty")
-    record = _running(service, container_id)
-    runtime = service.runtime(record.runtime_handler)
+    runtime = ctx.runtime(record.runtime_handler)
     try:
         result = await runtime.exec_sync(record.id, ExecSpec(args=command), timeout or None)
     except ExecTimeoutError as exc:
@@ -47,27 +38,23 @@ async def exec_sync(
 
 
 async def update_resources(
-    service: ContainerService, container_id: str, resources: api_pb2.LinuxContainerResources
+    ctx: ContainerContext, record: ContainerRecord, resources: api_pb2.LinuxContainerResources
 ) -> None:
-    record = service.get(container_id)
-    service.refresh(record)
+    """Runs under the container's lock."""
     if record.state is ContainerState.EXITED:
         raise FailedPrecondition(f"container {record.id} has exited")
-    wanted = linux_resources(resources)
     try:
-        await service.runtime(record.runtime_handler).update(record.id, wanted)
+        await ctx.runtime(record.runtime_handler).update(record.id, linux_resources(resources))
     except OciRuntimeError as exc:
         raise FailedPrecondition(f"update resources of container {record.id}: {exc}") from exc
-    record.resources = resources
-    await service.save(record)
+    await ctx.state.update_container(record.id, lambda current: containers.resources_updated(current, resources))
 
 
-async def reopen_log(service: ContainerService, container_id: str) -> None:
+async def reopen_log(ctx: ContainerContext, record: ContainerRecord) -> None:
     """Ask conmon to reopen the log, and return once the new file is there (kubelet looks at once)."""
-    record = _running(service, container_id)
     log_path = Path(record.log_path)
     try:
-        await asyncio.to_thread(conmon.reopen_log, service.persist_dir(record.id))
+        await asyncio.to_thread(ctx.runtime(record.runtime_handler).reopen_log, ctx.bundle_dir(record.id))
     except OciRuntimeError as exc:
         raise FailedPrecondition(f"reopen log of container {record.id}: {exc}") from exc
     deadline = time.monotonic() + REOPEN_WAIT_SECONDS
@@ -77,14 +64,7 @@ async def reopen_log(service: ContainerService, container_id: str) -> None:
         await asyncio.sleep(0.005)
 
 
-def runtime_spec(service: ContainerService, record: ContainerRecord) -> dict[str, object] | None:
-    try:
-        return json.loads((service.persist_dir(record.id) / "config.json").read_text())
-    except FileNotFoundError:
-        return None
-
-
-def container_stats(service: ContainerService, record: ContainerRecord) -> api_pb2.ContainerStats:
+def container_stats(ctx: ContainerContext, record: ContainerRecord) -> api_pb2.ContainerStats:
     """CPU and memory from the container's cgroup, disk from its writable layer (blocking: run in a thread)."""
     stats = api_pb2.ContainerStats(
         attributes=api_pb2.ContainerAttributes(
@@ -94,14 +74,12 @@ def container_stats(service: ContainerService, record: ContainerRecord) -> api_p
             annotations=record.config.annotations,
         )
     )
-    now = time.time_ns()
     if record.state is ContainerState.RUNNING:
-        cgroup = read_stats_if_any(record.cgroups_path)
-        if cgroup is not None:
-            fill_cpu_memory(stats.cpu, stats.memory, cgroup)
-    used_bytes, inodes = disk_usage(layer_dir(service.root_dir, record.id) / "upper")
-    stats.writable_layer.timestamp = now
-    stats.writable_layer.fs_id.mountpoint = str(service.root_dir)
+        with contextlib.suppress(FileNotFoundError):  # it just exited
+            fill_cpu_memory(stats.cpu, stats.memory, ctx.cgroups.read_stats(record.cgroups_path))
+    used_bytes, inodes = disk_usage(ctx.layer_dir(record.id) / "upper")
+    stats.writable_layer.timestamp = time.time_ns()
+    stats.writable_layer.fs_id.mountpoint = str(ctx.config.root_dir)
     stats.writable_layer.used_bytes.value = used_bytes
     stats.writable_layer.inodes_used.value = inodes
     return stats

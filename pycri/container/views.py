@@ -1,14 +1,15 @@
-"""Container records as CRI messages: status, list entries, filters."""
+"""Container records as CRI messages: status, list entries, verbose info, filters."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
 from pycri.api import api_pb2
-from pycri.container.metadata import ContainerRecord, ContainerState
 from pycri.container.signals import signal_enum
+from pycri.state.containers import ContainerRecord, ContainerState
 
 
 def container_entry(record: ContainerRecord) -> api_pb2.Container:
@@ -46,12 +47,18 @@ def container_status(record: ContainerRecord) -> api_pb2.ContainerStatus:
         log_path=record.log_path,
         stop_signal=signal_enum(record.stop_signal),
     )
-    resources = record.resources or record.config.linux.resources
-    status.resources.linux.CopyFrom(resources)
+    status.resources.linux.CopyFrom(record.resources or record.config.linux.resources)
+    linux_user = status.user.linux
+    linux_user.uid, linux_user.gid = record.user.uid, record.user.gid
+    linux_user.supplemental_groups.extend(record.user.additional_gids)
     return status
 
 
-def verbose_info(record: ContainerRecord, spec: dict[str, object] | None) -> dict[str, str]:
+def verbose_info(record: ContainerRecord, spec_path: Path) -> dict[str, str]:
+    try:
+        spec = json.loads(spec_path.read_text())
+    except FileNotFoundError:
+        spec = None
     info = {
         "sandboxID": record.sandbox_id,
         "pid": record.pid if record.state is ContainerState.RUNNING else 0,
@@ -63,10 +70,8 @@ def verbose_info(record: ContainerRecord, spec: dict[str, object] | None) -> dic
     return {"info": json.dumps(info)}
 
 
-def matches(record: ContainerRecord, wanted: api_pb2.ContainerFilter, full_id: str | None) -> bool:
-    """ListContainers' filter: id (already resolved from a prefix), state, pod, labels."""
-    if wanted.id and record.id != full_id:
-        return False
+def matches(record: ContainerRecord, wanted: api_pb2.ContainerFilter) -> bool:
+    """ListContainers' filter: state, pod (id or prefix) and labels; the id is resolved by the caller."""
     if wanted.HasField("state") and record.state.proto != wanted.state.state:
         return False
     if wanted.pod_sandbox_id and not record.sandbox_id.startswith(wanted.pod_sandbox_id):

@@ -11,7 +11,6 @@ import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pycri.api import api_pb2
 from pycri.config import Config
@@ -23,7 +22,6 @@ from pycri.sandbox.sysctls import Sysctl, parse_sysctls
 
 MAX_HOSTNAME_LENGTH = 64  # HOST_NAME_MAX
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
-_SLICE = re.compile(r"[A-Za-z0-9:_.\\-]+\.slice")
 _MODES = api_pb2.NamespaceMode
 
 
@@ -98,28 +96,6 @@ def _log_directory(config: api_pb2.PodSandboxConfig, settings: Config) -> str:
     return str(settings.runtime.default_log_dir / f"{metadata.namespace}_{metadata.name}_{metadata.uid}")
 
 
-def check_cgroup_parent(config: api_pb2.PodSandboxConfig, settings: Config) -> None:
-    parent = config.linux.cgroup_parent
-    if not parent:
-        return
-    if settings.runtime.cgroup_driver == "systemd":
-        if not _SLICE.fullmatch(parent):
-            raise InvalidArgument(f"config.linux.cgroup_parent {parent!r} is not a systemd slice name")
-    elif not parent.startswith("/") or ".." in Path(parent).parts:
-        raise InvalidArgument(f"config.linux.cgroup_parent {parent!r} is not an absolute cgroup path")
-
-
-def cgroup_parent(config: api_pb2.PodSandboxConfig, settings: Config, sandbox_id: str) -> str:
-    """Kubelet's pod cgroup when it gives one, else one of pycri's own under runtime.cgroup_parent."""
-    if config.linux.cgroup_parent:
-        return config.linux.cgroup_parent
-    parent = settings.runtime.cgroup_parent
-    if settings.runtime.cgroup_driver == "systemd":
-        stem = parent.strip("/").removesuffix(".slice").replace("/", "-") or "pycri"
-        return f"{stem}-pod{sandbox_id}.slice"
-    return f"{parent.rstrip('/')}/pod-{sandbox_id}"
-
-
 def plan_sandbox(config: api_pb2.PodSandboxConfig, runtime_handler: str, settings: Config) -> SandboxPlan:
     """What RunPodSandbox will do for this request; InvalidArgument names the field at fault."""
     if not config.HasField("metadata"):
@@ -140,7 +116,6 @@ def plan_sandbox(config: api_pb2.PodSandboxConfig, runtime_handler: str, setting
     own_network = network != _MODES.NODE
     own_ipc = ipc != _MODES.NODE
     sysctls = parse_sysctls(config.linux.sysctls, host_network=not own_network, host_ipc=not own_ipc)
-    check_cgroup_parent(config, settings)
     try:
         bandwidth = bandwidth_from_annotations(config.annotations)
     except BadQuantity as exc:

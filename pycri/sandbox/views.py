@@ -9,17 +9,7 @@ from google.protobuf.json_format import MessageToDict
 
 from pycri.api import api_pb2
 from pycri.network.netns import is_namespace_pinned
-from pycri.sandbox.metadata import SandboxRecord, SandboxState
-
-_STATES = {
-    SandboxState.READY: api_pb2.PodSandboxState.SANDBOX_READY,
-    SandboxState.NOTREADY: api_pb2.PodSandboxState.SANDBOX_NOTREADY,
-    SandboxState.CREATING: api_pb2.PodSandboxState.SANDBOX_NOTREADY,
-}
-
-
-def cri_state(record: SandboxRecord) -> int:
-    return _STATES[record.state]
+from pycri.state.sandboxes import SandboxRecord
 
 
 def sandbox_status(record: SandboxRecord) -> api_pb2.PodSandboxStatus:
@@ -30,7 +20,7 @@ def sandbox_status(record: SandboxRecord) -> api_pb2.PodSandboxStatus:
     status = api_pb2.PodSandboxStatus(
         id=record.id,
         metadata=record.metadata,
-        state=cri_state(record),
+        state=record.state.proto,
         created_at=record.created_at,
         network=network,
         labels=record.config.labels,
@@ -45,7 +35,7 @@ def sandbox_summary(record: SandboxRecord) -> api_pb2.PodSandbox:
     return api_pb2.PodSandbox(
         id=record.id,
         metadata=record.metadata,
-        state=cri_state(record),
+        state=record.state.proto,
         created_at=record.created_at,
         labels=record.config.labels,
         annotations=record.config.annotations,
@@ -80,7 +70,7 @@ def verbose_info(record: SandboxRecord) -> dict[str, str]:
 
 def matches(record: SandboxRecord, sandbox_filter: api_pb2.PodSandboxFilter) -> bool:
     """State and label parts of a ListPodSandbox filter (the id part is resolved by the service)."""
-    if sandbox_filter.HasField("state") and sandbox_filter.state.state != cri_state(record):
+    if sandbox_filter.HasField("state") and sandbox_filter.state.state != record.state.proto:
         return False
     labels = record.config.labels
     return all(labels.get(key) == value for key, value in sandbox_filter.label_selector.items())

@@ -61,9 +61,7 @@ async def serve(config: Config) -> None:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        server.add_generic_rpc_handlers(
-            (runtime_service_handlers(daemon), image_service_handlers(daemon))
-        )
+        server.add_generic_rpc_handlers((runtime_service_handlers(daemon), image_service_handlers(daemon)))
         server.add_insecure_port(f"unix:{config.socket}")
         await server.start()
         config.socket.chmod(SOCKET_MODE)

@@ -26,7 +26,7 @@ class ContainerState(enum.Enum):
     UNKNOWN = "unknown"
 
     @property
-    def proto(self) -> int:
+    def proto(self) -> api_pb2.ContainerState:
         return _PROTO[self]
 
 
@@ -127,7 +127,10 @@ def resources_updated(record: ContainerRecord, resources: api_pb2.LinuxContainer
 
 # ---- rows ----
 
-_PROTO_COLUMNS = {"config": api_pb2.ContainerConfig, "resources": api_pb2.LinuxContainerResources}
+_PROTO_COLUMNS: dict[str, type[api_pb2.ContainerConfig] | type[api_pb2.LinuxContainerResources]] = {
+    "config": api_pb2.ContainerConfig,
+    "resources": api_pb2.LinuxContainerResources,
+}
 
 
 def to_row(record: ContainerRecord) -> dict[str, Any]:

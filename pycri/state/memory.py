@@ -25,7 +25,7 @@ from pycri.state.store import Store
 
 log = logging.getLogger(__name__)
 
-Change = Callable[[sqlite3.Connection], None]
+Change = Callable[[sqlite3.Connection], object]
 ContainerChange = Callable[[ContainerRecord], ContainerRecord]
 SandboxChange = Callable[[SandboxRecord], SandboxRecord]
 StatusOf = Callable[[SandboxRecord], api_pb2.PodSandboxStatus]
@@ -115,7 +115,7 @@ class StateStore:
             self._containers.pop(container_id, None)
 
     async def put_container(
-        self, record: ContainerRecord, finishes: Intent | None = None, event: int | None = None
+        self, record: ContainerRecord, finishes: Intent | None = None, event: api_pb2.ContainerEventType | None = None
     ) -> ContainerRecord:
         sql, values = containers.upsert_sql(record)
         await self._persist(lambda db: db.execute(sql, values), finishes)
@@ -128,7 +128,11 @@ class StateStore:
         return record
 
     async def update_container(
-        self, container_id: str, change: ContainerChange, finishes: Intent | None = None, event: int | None = None
+        self,
+        container_id: str,
+        change: ContainerChange,
+        finishes: Intent | None = None,
+        event: api_pb2.ContainerEventType | None = None,
     ) -> ContainerRecord | None:
         """Apply `change` to the container as it is when its turn comes; None when it is gone.
         A change that leaves the record as it was writes nothing and announces nothing."""
@@ -189,7 +193,7 @@ class StateStore:
         except TimeoutError:
             return False
 
-    def _emit(self, record: ContainerRecord, kind: int) -> None:
+    def _emit(self, record: ContainerRecord, kind: api_pb2.ContainerEventType) -> None:
         if not self.events.has_subscribers():
             return
         event = api_pb2.ContainerEventResponse(

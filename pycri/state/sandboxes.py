@@ -26,7 +26,7 @@ class SandboxState(enum.Enum):
     NOTREADY = "notready"
 
     @property
-    def proto(self) -> int:
+    def proto(self) -> api_pb2.PodSandboxState:
         if self is SandboxState.READY:
             return api_pb2.PodSandboxState.SANDBOX_READY
         return api_pb2.PodSandboxState.SANDBOX_NOTREADY

@@ -8,11 +8,11 @@ import logging
 
 from pycri.api import api_pb2
 from pycri.config import Config
-from pycri.container.metadata import ContainerRecord, ContainerState
 from pycri.container.service import ContainerService
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
-from pycri.sandbox.metadata import SandboxState
 from pycri.sandbox.service import SandboxService
+from pycri.state.containers import ContainerRecord, ContainerState
+from pycri.state.sandboxes import SandboxState
 from pycri.stream.attach import run_attach
 from pycri.stream.exec import run_exec
 from pycri.stream.portforward import PodConnector, connect_in_netns
@@ -62,10 +62,7 @@ class StreamService:
             raise InvalidArgument("tty and stderr cannot both be true: a terminal has one output")
         if not (request.stdin or request.stdout or request.stderr):
             raise InvalidArgument("one of stdin, stdout and stderr must be set")
-        record = self._containers.get(request.container_id)
-        self._containers.refresh(record)
-        if record.state is not ContainerState.RUNNING:
-            raise FailedPrecondition(f"container {record.id} is {record.state.value}, not running")
+        self._containers.running(request.container_id)
 
     # ---- sessions (called by the server) ----
 
@@ -73,9 +70,9 @@ class StreamService:
         record = self._running_container(request.container_id)
         if record is None:
             return Outcome(error=f"container {request.container_id} is not running")
-        bundle = self._containers.persist_dir(record.id)
+        bundle = self._containers.ctx.bundle_dir(record.id)
         if isinstance(request, api_pb2.ExecRequest):
-            runtime = self._containers.runtime(record.runtime_handler)
+            runtime = self._containers.ctx.runtime(record.runtime_handler)
             return await run_exec(runtime, record.id, bundle, list(request.cmd), streams)
         return await run_attach(bundle, streams, stdin_once=record.config.stdin_once)
 
@@ -93,5 +90,4 @@ class StreamService:
             record = self._containers.get(container_id)
         except (NotFound, InvalidArgument):
             return None
-        self._containers.refresh(record)
         return record if record.state is ContainerState.RUNNING else None

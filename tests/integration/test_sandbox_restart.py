@@ -3,7 +3,6 @@ torn down when pycri died while setting one up."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 
@@ -68,20 +67,6 @@ def test_pods_whose_namespaces_vanished_are_not_ready(node: Node) -> None:
     # A real reboot empties the nat table; here the rule the bridge plugin could not find stays.
     remove_leftover_nat_rules(sandbox_id)
     assert node.sandbox_dirs() == []
-
-
-def test_a_pod_left_half_made_by_a_crash_is_torn_down_at_start(node: Node) -> None:
-    sandbox_id = run_pod(node, "interrupted")
-    assert node.daemon.stop() == 0
-    # Back to the state the row has until setup completes, as if pycri had died just before.
-    with sqlite3.connect(node.base / "root" / "pycri.db") as db:
-        db.execute("UPDATE sandboxes SET state = 'creating' WHERE id = ?", (sandbox_id,))
-    db.close()
-    node.daemon.start()
-    with pods_on(node) as pods:
-        assert pods.list() == []
-        assert node.network.ip_files() == [] and node.sandbox_mounts() == [] and node.sandbox_dirs() == []
-        pods.remove(pods.run(pod_config("interrupted")))  # the name is free
 
 
 def test_restart_with_nothing_changed_keeps_stopped_pods(node: Node) -> None:

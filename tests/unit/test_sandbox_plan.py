@@ -10,7 +10,7 @@ from pycri.api import api_pb2
 from pycri.config import Config, HandlerConfig
 from pycri.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from pycri.network.cni import PortMapping
-from pycri.sandbox.plan import cgroup_parent, check_host_ports, plan_sandbox
+from pycri.sandbox.plan import check_host_ports, plan_sandbox
 
 pytestmark = pytest.mark.unit
 
@@ -148,27 +148,6 @@ def test_sysctls_are_checked(settings: Config) -> None:
 def test_relative_log_directory_is_refused(settings: Config) -> None:
     with pytest.raises(InvalidArgument, match="config.log_directory"):
         plan_sandbox(pod(log_directory="logs"), "", settings)
-
-
-def test_cgroup_parent_cgroupfs(settings: Config) -> None:
-    config = pod()
-    assert cgroup_parent(config, settings, SANDBOX_ID) == f"/pycri/pod-{SANDBOX_ID}"
-    config.linux.cgroup_parent = "/kubepods/burstable/poduid-1"
-    assert cgroup_parent(config, settings, SANDBOX_ID) == "/kubepods/burstable/poduid-1"
-    config.linux.cgroup_parent = "kubepods-burstable.slice"
-    with pytest.raises(InvalidArgument, match="config.linux.cgroup_parent"):
-        plan_sandbox(config, "", settings)
-
-
-def test_cgroup_parent_systemd(settings: Config) -> None:
-    settings.runtime.cgroup_driver = "systemd"
-    config = pod()
-    assert cgroup_parent(config, settings, SANDBOX_ID) == f"pycri-pod{SANDBOX_ID}.slice"
-    config.linux.cgroup_parent = "kubepods-burstable-poduid_1.slice"
-    plan_sandbox(config, "", settings)
-    config.linux.cgroup_parent = "/kubepods/burstable"
-    with pytest.raises(InvalidArgument, match="systemd slice"):
-        plan_sandbox(config, "", settings)
 
 
 def test_host_port_conflicts() -> None:

@@ -9,6 +9,5 @@ from pycri.daemon import Daemon
 
 async def handle(daemon: Daemon, request: api_pb2.ContainerStatsRequest) -> api_pb2.ContainerStatsResponse:
     record = daemon.containers.get(request.container_id)
-    daemon.containers.refresh(record)
-    stats = await asyncio.to_thread(container_stats, daemon.containers, record)
+    stats = await asyncio.to_thread(container_stats, daemon.containers.ctx, record)
     return api_pb2.ContainerStatsResponse(stats=stats)

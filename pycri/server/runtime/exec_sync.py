@@ -6,4 +6,5 @@ from pycri.daemon import Daemon
 
 
 async def handle(daemon: Daemon, request: api_pb2.ExecSyncRequest) -> api_pb2.ExecSyncResponse:
-    return await exec_sync(daemon.containers, request.container_id, list(request.cmd), float(request.timeout))
+    record = daemon.containers.running(request.container_id)
+    return await exec_sync(daemon.containers.ctx, record, list(request.cmd), float(request.timeout))

@@ -7,5 +7,5 @@ from pycri.daemon import Daemon
 
 
 async def handle(daemon: Daemon, request: api_pb2.GetEventsRequest) -> AsyncIterator[api_pb2.ContainerEventResponse]:
-    async for event in daemon.containers.events.subscribe():
+    async for event in daemon.state.events.subscribe():
         yield event

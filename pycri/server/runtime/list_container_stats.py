@@ -3,28 +3,21 @@
 import asyncio
 
 from pycri.api import api_pb2
-from pycri.container.metadata import ContainerState
 from pycri.container.operations import container_stats
 from pycri.daemon import Daemon
+from pycri.state.containers import ContainerState
 
 
 async def collect(daemon: Daemon, wanted: api_pb2.ContainerStatsFilter) -> list[api_pb2.ContainerStats]:
-    if wanted.id:
-        found = daemon.containers.find_quietly(wanted.id)
-        candidates = [found] if found is not None else []
-    else:
-        candidates = list(daemon.containers.records())
-    picked = []
-    for record in candidates:
-        daemon.containers.refresh(record)
-        if record.state is not ContainerState.RUNNING:
-            continue
-        if wanted.pod_sandbox_id and not record.sandbox_id.startswith(wanted.pod_sandbox_id):
-            continue
-        if any(record.config.labels.get(k) != v for k, v in wanted.label_selector.items()):
-            continue
-        picked.append(record)
-    return [await asyncio.to_thread(container_stats, daemon.containers, record) for record in picked]
+    selector = api_pb2.ContainerFilter(
+        id=wanted.id,
+        pod_sandbox_id=wanted.pod_sandbox_id,
+        label_selector=wanted.label_selector,
+        state=api_pb2.ContainerStateValue(state=ContainerState.RUNNING.proto),
+    )
+    picked = [daemon.containers.get(entry.id) for entry in daemon.containers.list(selector)]
+    ctx = daemon.containers.ctx
+    return await asyncio.to_thread(lambda: [container_stats(ctx, record) for record in picked])
 
 
 async def handle(daemon: Daemon, request: api_pb2.ListContainerStatsRequest) -> api_pb2.ListContainerStatsResponse:

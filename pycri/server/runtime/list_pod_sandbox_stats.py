@@ -19,7 +19,5 @@ async def collect(daemon: Daemon, wanted: api_pb2.PodSandboxStatsFilter) -> list
     return [await pod_sandbox_stats(record, daemon.containers) for record in picked]
 
 
-async def handle(
-    daemon: Daemon, request: api_pb2.ListPodSandboxStatsRequest
-) -> api_pb2.ListPodSandboxStatsResponse:
+async def handle(daemon: Daemon, request: api_pb2.ListPodSandboxStatsRequest) -> api_pb2.ListPodSandboxStatsResponse:
     return api_pb2.ListPodSandboxStatsResponse(stats=await collect(daemon, request.filter))

@@ -6,5 +6,5 @@ from pycri.daemon import Daemon
 
 
 async def handle(daemon: Daemon, request: api_pb2.ReopenContainerLogRequest) -> api_pb2.ReopenContainerLogResponse:
-    await reopen_log(daemon.containers, request.container_id)
+    await reopen_log(daemon.containers.ctx, daemon.containers.running(request.container_id))
     return api_pb2.ReopenContainerLogResponse()

@@ -4,14 +4,12 @@ from collections.abc import AsyncIterator
 
 from pycri.api import api_pb2
 from pycri.daemon import Daemon
-from pycri.server.runtime.list_containers import listed
-
-PAGE_SIZE = 100
+from pycri.server.paging import pages
 
 
 async def handle(
     daemon: Daemon, request: api_pb2.StreamContainersRequest
 ) -> AsyncIterator[api_pb2.StreamContainersResponse]:
-    containers = listed(daemon, request.filter)
-    for start in range(0, len(containers), PAGE_SIZE):
-        yield api_pb2.StreamContainersResponse(containers=containers[start : start + PAGE_SIZE])
+    containers = daemon.containers.list(request.filter)
+    for page in pages(containers):
+        yield api_pb2.StreamContainersResponse(containers=page)

@@ -4,14 +4,13 @@ from collections.abc import AsyncIterator
 
 from pycri.api import api_pb2
 from pycri.daemon import Daemon
+from pycri.server.paging import pages
 from pycri.server.runtime.list_pod_sandbox_stats import collect
-
-PAGE_SIZE = 100
 
 
 async def handle(
     daemon: Daemon, request: api_pb2.StreamPodSandboxStatsRequest
 ) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
     stats = await collect(daemon, request.filter)
-    for start in range(0, len(stats), PAGE_SIZE):
-        yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=stats[start : start + PAGE_SIZE])
+    for page in pages(stats):
+        yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=page)

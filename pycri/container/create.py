@@ -1,0 +1,170 @@
+"""CreateContainer: plan the record, record the intent, make the rootfs, bundle and runtime
+container, then commit the record (and finish the intent) in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import secrets
+import time
+from pathlib import Path
+
+from pycri.api import api_pb2
+from pycri.container.context import ContainerContext
+from pycri.container.image_mounts import mount_image_volumes
+from pycri.container.rootfs import make_layer_dirs, mount_leased, write_bundle
+from pycri.container.signals import stop_signal
+from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
+from pycri.faults import kill_point
+from pycri.oci.driver import ContainerCreate
+from pycri.oci.runtime import OciRuntimeError
+from pycri.oci.spec import ContainerSpecInput, container_spec
+from pycri.oci.spec_mounts import missing_bind_sources
+from pycri.proc import start_time
+from pycri.sandbox.paths import sandbox_paths
+from pycri.state import containers
+from pycri.state.containers import ContainerRecord, ContainerState, ProcessUser
+from pycri.state.intents import Intent
+from pycri.state.sandboxes import SandboxRecord
+
+log = logging.getLogger(__name__)
+
+INTENT = "create_container"
+
+
+def log_path_of(sandbox: SandboxRecord, config: api_pb2.ContainerConfig, layers: Path) -> Path:
+    if not config.log_path:
+        return layers / "container.log"
+    if Path(config.log_path).is_absolute() or ".." in Path(config.log_path).parts:
+        raise InvalidArgument(f"config.log_path: {config.log_path!r} must be relative to the pod's log directory")
+    if not sandbox.log_directory:
+        raise InvalidArgument("config.log_path: the pod sandbox has no log_directory")
+    return Path(sandbox.log_directory) / config.log_path
+
+
+def _process_user(spec: dict[str, object]) -> ProcessUser:
+    user = spec.get("process", {}).get("user", {})  # type: ignore[union-attr]
+    return ProcessUser(int(user.get("uid", 0)), int(user.get("gid", 0)), tuple(user.get("additionalGids") or ()))
+
+
+def _make_bind_sources(sources: tuple[Path, ...]) -> None:
+    for source in sources:
+        source.mkdir(parents=True, exist_ok=True)
+
+
+def _missing_with_parents(config: api_pb2.ContainerConfig) -> tuple[Path, ...]:
+    """Bind sources to create as containerd does, shallowest first; a failed create removes them."""
+    made: list[Path] = []
+    for source in missing_bind_sources(config):
+        made.extend(reversed([source, *(p for p in source.parents if not p.exists())]))
+    return tuple(dict.fromkeys(made))
+
+
+async def create_container(
+    ctx: ContainerContext, sandbox: SandboxRecord, name: str, config: api_pb2.ContainerConfig
+) -> str:
+    """Runs under the pod's lock with the name reserved. Returns the new container's id."""
+    if not sandbox.ready:
+        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    image = await asyncio.to_thread(ctx.images.find, config.image.image)
+    if image is None:
+        raise NotFound(f"image {config.image.image!r} not found: pull it first")
+    container_id = secrets.token_hex(32)
+    layers = ctx.layer_dir(container_id)
+    record = ContainerRecord(
+        id=container_id,
+        sandbox_id=sandbox.id,
+        name=name,
+        config=config,
+        image_id=image.id,
+        image_ref=config.image.image,
+        state=ContainerState.CREATED,
+        created_at=time.time_ns(),
+        log_path=str(log_path_of(sandbox, config, layers)),
+        runtime_handler=sandbox.runtime_handler,
+        cgroups_path=ctx.cgroups.container_path(sandbox.cgroup_parent, container_id),
+        stop_signal=stop_signal(config, image.config),
+    )
+    bind_sources = _missing_with_parents(config)
+    plan = {"record": containers.to_plan(record), "bind_sources": [str(p) for p in bind_sources]}
+    intent = await ctx.intents.begin(INTENT, container_id, plan)
+    kill_point("create_container.intent")
+    try:
+        committed = await _make(ctx, sandbox, record, image.chain_ids, image.config, bind_sources, intent)
+    except BaseException as exc:
+        await asyncio.shield(_undo(ctx, record, bind_sources, intent))
+        if isinstance(exc, OciRuntimeError):
+            raise RuntimeFailure(f"create container {name!r}: {exc}") from exc
+        raise
+    kill_point("create_container.committed")
+    log.info("created container", extra={"fields": {"id": container_id, "name": name, "sandbox": sandbox.id}})
+    return committed.id
+
+
+async def _undo(ctx: ContainerContext, record: ContainerRecord, bind_sources: tuple[Path, ...], intent: Intent) -> None:
+    try:
+        await ctx.teardown(record, bind_sources)
+    finally:
+        await ctx.state.finish(intent)
+    log.warning("container creation undone", extra={"fields": {"id": record.id, "name": record.name}})
+
+
+async def _make(
+    ctx: ContainerContext,
+    sandbox: SandboxRecord,
+    record: ContainerRecord,
+    chain_ids: list[str],
+    image_config: dict[str, object],
+    bind_sources: tuple[Path, ...],
+    intent: Intent,
+) -> ContainerRecord:
+    layers = ctx.layer_dir(record.id)
+    await asyncio.to_thread(make_layer_dirs, layers)
+    await mount_leased(ctx.images, record.id, chain_ids, layers / "rootfs", layers)
+    spec_config = await mount_image_volumes(ctx.images, record.config, record.id, layers)
+    await asyncio.to_thread(_make_bind_sources, bind_sources)
+    kill_point("create_container.rootfs")
+
+    spec_input = ContainerSpecInput(
+        container_id=record.id,
+        sandbox_id=sandbox.id,
+        config=spec_config,
+        sandbox=sandbox.config,
+        image_config=image_config,
+        rootfs=layers / "rootfs",
+        sandbox_paths=sandbox_paths(sandbox),
+        cgroups_path=record.cgroups_path,
+        runtime_oom_score_adj=ctx.own_oom_score_adj,
+        seccomp_profile_root=None,
+    )
+    spec = await asyncio.to_thread(container_spec, spec_input)
+    bundle = ctx.bundle_dir(record.id)
+    await asyncio.to_thread(write_bundle, bundle, spec)
+    kill_point("create_container.bundle")
+
+    log_path = Path(record.log_path)
+    await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
+    process = await ctx.runtime(record.runtime_handler).create(
+        ContainerCreate(
+            container_id=record.id,
+            name=record.name,
+            bundle=bundle,
+            log_path=log_path,
+            stdin=record.config.stdin,
+            stdin_once=record.config.stdin_once,
+            tty=record.config.tty,
+            place_conmon=functools.partial(ctx.cgroups.place_conmon, sandbox.cgroup_parent, record.id),
+        )
+    )
+    kill_point("create_container.runtime")
+    created = dataclasses.replace(
+        record,
+        pid=process.container_pid,
+        pid_start_time=start_time(process.container_pid) or 0,
+        user=_process_user(spec),
+    )
+    return await ctx.state.put_container(
+        created, finishes=intent, event=api_pb2.ContainerEventType.CONTAINER_CREATED_EVENT
+    )
