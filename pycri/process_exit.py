@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Iterable
+
+import psutil
 
 
 async def wait_for_exit(pid: int, timeout: float | None, kill_after: bool = False) -> bool:
@@ -50,9 +53,40 @@ async def exit_status(proc: asyncio.subprocess.Process) -> int:
 
 
 async def kill_session(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL a child started in a session of its own (start_new_session), with what it started there, and reap it."""
+    """SIGKILL a child started in a session of its own (start_new_session) with the processes
+    still in its process group, and return once they have all exited (the child reaped)."""
     if proc.returncode is None:
         # While it is our unreaped child, its pid (and so its group id) is its own.
+        members = open_pidfds(pid for pid in psutil.pids() if _group_of(pid) == proc.pid)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # also reaches a member forked after the scan
+        await kill_pidfds(members)
     await exit_status(proc)
+
+
+def open_pidfds(pids: Iterable[int]) -> list[int]:
+    """pidfds of those of `pids` that still exist; held, they keep a reused pid from being hit."""
+    pidfds = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            pidfds.append(os.pidfd_open(pid))
+    return pidfds
+
+
+async def kill_pidfds(pidfds: list[int]) -> None:
+    """SIGKILL the processes behind `pidfds`, wait until all have exited, and close the pidfds."""
+    try:
+        for pidfd in pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        await asyncio.gather(*(pidfd_exited(pidfd) for pidfd in pidfds))
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

@@ -15,14 +15,12 @@ the terminal, type 2 reopens the log file (what kubelet's ReopenContainerLog nee
 """
 
 import asyncio
-import contextlib
 import errno
 import io
 import json
 import logging
 import os
 import re
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from pycri.oci.runtime import (
     RuntimeTimeout,
     last_error_line,
 )
-from pycri.process_exit import exit_status, pidfd_exited
+from pycri.process_exit import exit_status, kill_pidfds, open_pidfds
 from pycri.process_exit import wait_for_exit as wait_for_exit  # re-exported: tests/integration/test_recovery_sweep.py
 
 log = logging.getLogger(__name__)
@@ -241,23 +239,12 @@ async def _clean_failed_create(req: ConmonCreate, log_existed: bool) -> None:
 
 async def _kill_with_descendants(pid: int) -> None:
     """SIGKILL a conmon monitor and what it started (a `<runtime> create` that hangs), and wait
-    until they are gone. Each is held by a pidfd before any is killed, so no reused pid is hit."""
+    until they are gone."""
     try:
-        members = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+        descendants = [child.pid for child in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return
-    pidfds = []
-    for member in members:
-        with contextlib.suppress(ProcessLookupError):
-            pidfds.append(os.pidfd_open(member))
-    try:
-        for pidfd in pidfds:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        await asyncio.gather(*(pidfd_exited(pidfd) for pidfd in pidfds))
-    finally:
-        for pidfd in pidfds:
-            os.close(pidfd)
+    await kill_pidfds(open_pidfds([pid, *descendants]))
 
 
 def read_exit(exit_dir: Path, persist_dir: Path, container_id: str) -> ExitInfo | None:
