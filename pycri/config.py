@@ -165,7 +165,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         if value in (None, ""):
             return None
         return _convert(options[0], value, key)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
     if origin is list:
         (item,) = typing.get_args(hint)

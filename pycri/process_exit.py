@@ -34,8 +34,13 @@ async def wait_for_exit(pid: int, timeout: float | None, kill_after: bool = Fals
 async def pidfd_exited(pidfd: int) -> None:
     """Return once the process behind `pidfd` has exited."""
     loop = asyncio.get_running_loop()
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
     try:
         await exited
     finally:

@@ -288,9 +288,9 @@ class CniNetwork:
             version = await self._version_for(plugin["type"])
             if version not in await self.runner.supported_versions(plugin["type"]):
                 raise CniError(plugin["type"], "VERSION", f"plugin does not support config version {version}", code=1)
-        for plugin in await self._plugins_speaking_1_1():
-            conf = plugin_stdin(self.name, "1.1.0", plugin)
-            await self.runner.run(plugin["type"], "STATUS", conf)
+        for speaking_1_1 in await self._plugins_speaking_1_1():
+            conf = plugin_stdin(self.name, "1.1.0", speaking_1_1)
+            await self.runner.run(speaking_1_1["type"], "STATUS", conf)
 
     async def gc(self, valid_attachments: Sequence[tuple[str, str]]) -> None:
         """Send GC (1.1) with the still-valid (container ID, ifname) pairs; nothing for older versions."""

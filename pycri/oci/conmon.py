@@ -131,8 +131,9 @@ def parse_sync_message(line: bytes) -> int | str:
 
 async def create_container(req: ConmonCreate) -> ConmonProcess:
     """Start conmon, which runs `<runtime> create`; returns once the container exists
-    (created, not started). On failure raises ContainerCreateError and leaves no
-    conmon, no runtime state and no conmon files behind."""
+    (created, not started). On failure raises ContainerCreateError (RuntimeTimeout when
+    conmon does not report within create_timeout) and leaves no conmon, no runtime, no
+    runtime state and no conmon files behind."""
     for directory in (req.exit_dir, req.persist_dir, req.socket_dir, req.log_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
     log_existed = req.log_path.exists()

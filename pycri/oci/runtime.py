@@ -168,7 +168,7 @@ class ExecCall:
         """The runtime's exit status; None when `timeout` passed or `stop` completed first (the
         exec'd process group and the runtime are killed then, and on cancellation). Raises
         RuntimeTimeout when the runtime has not started the process within the setup timeout."""
-        waits = [asyncio.ensure_future(exit_status(proc))]
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(exit_status(proc))]
         if stop is not None:
             waits.append(asyncio.ensure_future(stop))
         try:
