@@ -44,6 +44,14 @@ class CniError(Exception):
         super().__init__(text)
 
 
+class CniTimeout(CniError):
+    """A plugin did not finish within the plugin timeout; it was killed with what it started."""
+
+    def __init__(self, plugin: str, command: str, seconds: float) -> None:
+        super().__init__(plugin, command, f"no answer within {seconds}s; the plugin was killed")
+        self.seconds = seconds
+
+
 class CniPluginNotFound(CniError):
     def __init__(self, plugin: str, command: str, bin_dirs: Sequence[Path]) -> None:
         searched = ", ".join(str(d) for d in bin_dirs)
@@ -159,7 +167,7 @@ class PluginRunner:
             await asyncio.shield(kill_session(proc))
             fields = {"plugin": plugin_type, "command": command, "seconds": self.timeout}
             log.warning("CNI plugin timed out", extra={"fields": fields})
-            raise CniError(plugin_type, command, f"no answer within {self.timeout}s; the plugin was killed") from None
+            raise CniTimeout(plugin_type, command, self.timeout) from None
         except BaseException:
             await asyncio.shield(kill_session(proc))
             raise

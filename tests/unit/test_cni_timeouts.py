@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from pycri.network.cni_config import NetworkConfig
-from pycri.network.cni_exec import CniError, CniNetwork, PluginRunner, RuntimeConf
+from pycri.network.cni_exec import CniNetwork, CniTimeout, PluginRunner, RuntimeConf
 
 pytestmark = pytest.mark.unit
 
@@ -49,10 +49,10 @@ async def test_a_plugin_past_the_timeout_is_killed_and_named(tmp_path: Path, com
     pids = hanging_plugin(tmp_path / "bin", "slowpoke", command)
     runner = PluginRunner([tmp_path / "bin"], timeout=0.5)
 
-    with pytest.raises(CniError, match=rf"CNI plugin slowpoke failed \({command}\): no answer within 0.5s") as raised:
+    with pytest.raises(CniTimeout, match=rf"CNI plugin slowpoke failed \({command}\): no answer within 0.5s") as raised:
         await runner.run("slowpoke", command, {"cniVersion": "1.0.0", "type": "slowpoke"}, RUNTIME)
 
-    assert (raised.value.plugin, raised.value.command) == ("slowpoke", command)
+    assert (raised.value.plugin, raised.value.command, raised.value.seconds) == ("slowpoke", command, 0.5)
     assert len(pids.read_text().split()) == 2  # the plugin and its sleep
     assert alive(pids) == []
 
@@ -64,7 +64,7 @@ async def test_a_hanging_delete_still_lets_the_rest_of_the_chain_run(tmp_path: P
         NetworkConfig("n", "1.0.0", ({"type": "ipam"}, {"type": "stuck"})), PluginRunner([tmp_path / "bin"], 0.5)
     )
 
-    with pytest.raises(CniError, match=r"stuck failed \(DEL\): no answer within 0.5s"):
+    with pytest.raises(CniTimeout, match=r"stuck failed \(DEL\): no answer within 0.5s"):
         await network.delete(RUNTIME, None)
 
     assert alive(pids) == []
