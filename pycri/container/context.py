@@ -61,6 +61,7 @@ class ContainerContext:
         with contextlib.suppress(FileNotFoundError):
             await self.cgroups.remove(record.cgroups_path)
         await asyncio.to_thread(self._remove_files, record, runtime, made_bind_sources)
+        await self.images.metadata.release_snapshots(record.id)
 
     def _remove_files(
         self, record: ContainerRecord, runtime: ContainerRuntime, made_bind_sources: tuple[Path, ...]
@@ -71,7 +72,6 @@ class ContainerContext:
         shutil.rmtree(layers, ignore_errors=True)
         shutil.rmtree(self.bundle_dir(record.id), ignore_errors=True)
         runtime.remove_conmon_files(record.id)
-        self.images.metadata.release(record.id)
         for made in reversed(made_bind_sources):  # deepest first
             with contextlib.suppress(OSError):  # in use or no longer empty: it stays
                 made.rmdir()

@@ -68,7 +68,7 @@ async def create_container(
     """Runs under the pod's lock with the name reserved. Returns the new container's id."""
     if not sandbox.ready:
         raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
-    image = await asyncio.to_thread(ctx.images.find, config.image.image)
+    image = await ctx.images.lookup(config.image.image)
     if image is None:
         raise NotFound(f"image {config.image.image!r} not found: pull it first")
     container_id = secrets.token_hex(32)

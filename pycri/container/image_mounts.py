@@ -34,7 +34,7 @@ async def mount_image_volumes(
         field = f"mounts[{number}]"
         if not mount.readonly:
             raise InvalidArgument(f"{field}.readonly: an image volume must be read-only")
-        image = await asyncio.to_thread(images.find, mount.image.image)
+        image = await images.lookup(mount.image.image)
         if image is None:
             raise NotFound(f"{field}.image: image {mount.image.image!r} not found: pull it first")
         target = layers / IMAGE_MOUNTS_DIR / str(number)

@@ -21,7 +21,7 @@ async def mount_leased(
 ) -> None:
     """Lease the snapshots to `owner` and mount them at `target`: read-only, or writable with
     upper and work dirs under `writable`."""
-    await asyncio.to_thread(images.metadata.lease, owner, chain_ids)
+    await images.metadata.lease_snapshots(owner, chain_ids)
     lowers = list(reversed(chain_ids))
     if writable is None:
         await asyncio.to_thread(images.snapshots.mount_rootfs, lowers, None, None, target, True)

@@ -189,15 +189,6 @@ class ImageMetadata:
     async def release_snapshots(self, owner: str) -> None:
         await self._store.write(lambda db: delete_leases(db, owner))
 
-    # Blocking forms for callers still on worker threads; to go once they use the async ones.
-    def lease(self, owner: str, chain_ids: list[str]) -> None:
-        with self._store.transaction() as db:
-            insert_leases(db, owner, chain_ids)
-
-    def release(self, owner: str) -> None:
-        with self._store.transaction() as db:
-            delete_leases(db, owner)
-
     async def _write(self, change: Callable[[sqlite3.Connection], Changed], replace: bool = False) -> Changed:
         """Shielded: a caller cancelled while the transaction runs still gets memory updated."""
         return await asyncio.shield(self._write_and_apply(change, replace))

@@ -65,7 +65,7 @@ class PauseProcesses:
 
     async def _image_id(self) -> str:
         reference = self._config.runtime.pause_image
-        image = await asyncio.to_thread(self._images.find, reference)
+        image = await self._images.lookup(reference)
         return image.id if image is not None else await self._images.pull(reference)
 
     async def start(self, record: SandboxRecord) -> ProcessRef:
@@ -123,6 +123,7 @@ class PauseProcesses:
             await process.wait_exit(KILL_WAIT_SECONDS)
         await runtime.delete(record.id, force=True)
         await asyncio.to_thread(self._remove_files, record, runtime)
+        await self._images.metadata.release_snapshots(record.id)
         log.info("pause process removed", extra={"fields": {"id": record.id}})
 
     def _remove_files(self, record: SandboxRecord, runtime: ContainerRuntime) -> None:
@@ -130,4 +131,3 @@ class PauseProcesses:
         runtime.remove_conmon_files(record.id)
         overlay.unmount(bundle / "rootfs")
         shutil.rmtree(bundle, ignore_errors=True)
-        self._images.metadata.release(record.id)

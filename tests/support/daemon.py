@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,7 @@ class PycriProcess:
 
     base: Path
     settings: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,6 +80,7 @@ class PycriProcess:
             stderr=log,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
+            env={**os.environ, **self.env},
         )
         if wait:
             self.wait_ready()

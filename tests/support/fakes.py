@@ -202,10 +202,10 @@ class FakeMetadata:
     def get(self, image_id: str) -> ImageRecord | None:
         return BUSYBOX if image_id == BUSYBOX.id else None
 
-    def lease(self, owner: str, chain_ids: list[str]) -> None:
+    async def lease_snapshots(self, owner: str, chain_ids: list[str]) -> None:
         self.leases.setdefault(owner, []).extend(chain_ids)
 
-    def release(self, owner: str) -> None:
+    async def release_snapshots(self, owner: str) -> None:
         self.leases.pop(owner, None)
 
 
@@ -219,7 +219,7 @@ class FakeImages:
         self.metadata = FakeMetadata()
         self.snapshots = FakeSnapshots()
 
-    def find(self, reference: str) -> ImageRecord | None:
+    async def lookup(self, reference: str) -> ImageRecord | None:
         return BUSYBOX if reference in ("busybox", *BUSYBOX.tags, BUSYBOX.id) else None
 
     async def pull(self, reference: str) -> str:

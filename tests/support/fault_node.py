@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import re
 import secrets
 import signal
@@ -86,15 +85,12 @@ class FaultNode:
 
 
 def start_armed(daemon: PycriProcess, point: str) -> None:
-    """Start `daemon` with PYCRI_KILL_POINT=point: PycriProcess hands the test's environment on."""
-    if not point:
-        daemon.start()
-        return
-    os.environ[ENV_VAR] = point
+    """Start `daemon` with PYCRI_KILL_POINT=point (unarmed when empty)."""
+    daemon.env = {ENV_VAR: point} if point else {}
     try:
         daemon.start()
     finally:
-        del os.environ[ENV_VAR]
+        daemon.env = {}
 
 
 @contextlib.contextmanager
