@@ -109,7 +109,9 @@ class Daemon:
             config.runtime.cgroup_driver, config.runtime.cgroup_parent, config.runtime.conmon_cgroup
         )
         runtimes = container_runtimes(config)
-        network = CniManager(config.cni.conf_dir, config.cni.bin_dirs, config.root_dir / "cni")
+        network = CniManager(
+            config.cni.conf_dir, config.cni.bin_dirs, config.root_dir / "cni", plugin_timeout=config.timeouts.cni
+        )
         images = ImageService(config, store)
         containers = ContainerService(
             ContainerContext(config, state, intents, images, runtimes, cgroups, own_oom_score_adj), locks

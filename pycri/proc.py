@@ -8,11 +8,12 @@ against the start time pins the right process, so a signal or a wait never reach
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+
+from pycri.process_exit import pidfd_exited
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -74,20 +75,10 @@ class ProcessRef:
         fd = self._pidfd()
         if fd is None:
             return True
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(fd, on_exit)
         try:
-            await asyncio.wait_for(exited, timeout)
+            await asyncio.wait_for(pidfd_exited(fd), timeout)
             return True
         except TimeoutError:
             return False
         finally:
-            loop.remove_reader(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            os.close(fd)

@@ -16,9 +16,9 @@ from pycri.container.context import ContainerContext
 from pycri.container.image_mounts import mount_image_volumes
 from pycri.container.rootfs import make_layer_dirs, mount_leased, write_bundle
 from pycri.container.signals import stop_signal
-from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
+from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
 from pycri.faults import kill_point
-from pycri.oci.driver import ContainerCreate
+from pycri.oci.driver import ContainerCreate, runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.oci.spec import ContainerSpecInput, container_spec
 from pycri.oci.spec_mounts import missing_bind_sources
@@ -96,7 +96,7 @@ async def create_container(
     except BaseException as exc:
         await asyncio.shield(_undo(ctx, record, bind_sources, intent))
         if isinstance(exc, OciRuntimeError):
-            raise RuntimeFailure(f"create container {name!r}: {exc}") from exc
+            raise runtime_error(exc, f"create container {name!r}") from exc
         raise
     kill_point("create_container.committed")
     log.info("created container", extra={"fields": {"id": container_id, "name": name, "sandbox": sandbox.id}})

@@ -16,8 +16,9 @@ import time
 
 from pycri.api import api_pb2
 from pycri.container.context import ContainerContext
-from pycri.errors import FailedPrecondition, RuntimeFailure
+from pycri.errors import FailedPrecondition
 from pycri.faults import kill_point
+from pycri.oci.driver import runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.proc import ProcessRef
 from pycri.state import containers
@@ -56,7 +57,7 @@ async def start_container(ctx: ContainerContext, container_id: str) -> None:
         await ctx.runtime(record.runtime_handler).start(record.id)
     except OciRuntimeError as exc:
         await ctx.state.finish(intent)
-        raise RuntimeFailure(f"start container {record.id}: {exc}") from exc
+        raise runtime_error(exc, f"start container {record.id}") from exc
     kill_point("start_container.started")
     await ctx.state.update_container(
         record.id, _ran(started_at), finishes=intent, event=_EVENTS.CONTAINER_STARTED_EVENT
@@ -127,8 +128,8 @@ async def _signal(ctx: ContainerContext, record: ContainerRecord, signal_number:
     try:
         await ctx.runtime(record.runtime_handler).kill(record.id, signal_number)
     except OciRuntimeError as exc:
-        # Gone between our look and the kill: the wait that follows sees it.
-        log.debug("kill failed", extra={"fields": {"id": record.id, "error": str(exc)}})
+        # Gone between our look and the kill, the wait that follows sees it; if not, it times out.
+        log.warning("kill failed", extra={"fields": {"id": record.id, "signal": signal_number, "error": str(exc)}})
 
 
 async def remove_container(ctx: ContainerContext, container_id: str) -> None:

@@ -11,6 +11,7 @@ from pycri.api import api_pb2
 from pycri.container.context import ContainerContext
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from pycri.image.snapshots import disk_usage
+from pycri.oci.driver import runtime_error
 from pycri.oci.runtime import ContainerNotFoundError, ExecSpec, ExecTimeoutError, OciRuntimeError
 from pycri.oci.spec_resources import linux_resources
 from pycri.state import containers
@@ -33,7 +34,7 @@ async def exec_sync(
     except ContainerNotFoundError as exc:
         raise NotFound(f"exec in container {record.id}: {exc}") from exc
     except OciRuntimeError as exc:
-        raise FailedPrecondition(f"exec in container {record.id}: {exc}") from exc
+        raise runtime_error(exc, f"exec in container {record.id}", FailedPrecondition) from exc
     return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
 
 
@@ -46,7 +47,7 @@ async def update_resources(
     try:
         await ctx.runtime(record.runtime_handler).update(record.id, linux_resources(resources))
     except OciRuntimeError as exc:
-        raise FailedPrecondition(f"update resources of container {record.id}: {exc}") from exc
+        raise runtime_error(exc, f"update resources of container {record.id}", FailedPrecondition) from exc
     await ctx.state.update_container(record.id, lambda current: containers.resources_updated(current, resources))
 
 
@@ -56,7 +57,7 @@ async def reopen_log(ctx: ContainerContext, record: ContainerRecord) -> None:
     try:
         await asyncio.to_thread(ctx.runtime(record.runtime_handler).reopen_log, ctx.bundle_dir(record.id))
     except OciRuntimeError as exc:
-        raise FailedPrecondition(f"reopen log of container {record.id}: {exc}") from exc
+        raise runtime_error(exc, f"reopen log of container {record.id}", FailedPrecondition) from exc
     deadline = time.monotonic() + REOPEN_WAIT_SECONDS
     while not log_path.exists():
         if time.monotonic() > deadline:

@@ -34,7 +34,14 @@ from pycri.network.cni_config import (
     load_default_network,
     with_pod_cidrs,
 )
-from pycri.network.cni_exec import DEFAULT_BIN_DIRS, CniError, CniNetwork, PluginRunner, RuntimeConf
+from pycri.network.cni_exec import (
+    DEFAULT_BIN_DIRS,
+    DEFAULT_PLUGIN_TIMEOUT,
+    CniError,
+    CniNetwork,
+    PluginRunner,
+    RuntimeConf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +225,10 @@ class CniManager:
         conf_dir: Path = DEFAULT_CONF_DIR,
         bin_dirs: Sequence[Path] = DEFAULT_BIN_DIRS,
         cache_dir: Path = DEFAULT_CACHE_DIR,
+        plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT,
     ) -> None:
         self.conf_dir = conf_dir
-        self.runner = PluginRunner(bin_dirs)
+        self.runner = PluginRunner(bin_dirs, plugin_timeout)
         self.cache = ResultCache(cache_dir)
         self._pod_cidrs: tuple[str, ...] = ()
         self._loaded: tuple[tuple[tuple[str, int, int], ...], NetworkConfig | None] | None = None

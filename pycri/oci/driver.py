@@ -15,9 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pycri.errors import DeadlineExceeded, PycriError, RuntimeFailure
 from pycri.oci import conmon
 from pycri.oci.conmon import ConmonCreate, ConmonProcess, ExitInfo
-from pycri.oci.runtime import ContainerState, ExecCall, ExecResult, ExecSpec, OciRuntime, RuntimeHandler
+from pycri.oci.runtime import (
+    ContainerState,
+    ExecCall,
+    ExecResult,
+    ExecSpec,
+    OciRuntime,
+    OciRuntimeError,
+    RuntimeHandler,
+    RuntimeTimeout,
+)
 
 
 @dataclass(frozen=True)
@@ -151,3 +161,9 @@ class ContainerRuntime:
 
     def attach_socket(self, container_id: str) -> Path:
         return conmon.attach_socket_path(self._socket_dir, container_id)
+
+
+def runtime_error(exc: OciRuntimeError, what: str, otherwise: type[PycriError] = RuntimeFailure) -> PycriError:
+    """The CRI error for a failed runtime or conmon call: DEADLINE_EXCEEDED when it ran out of time."""
+    kind = DeadlineExceeded if isinstance(exc, RuntimeTimeout) else otherwise
+    return kind(f"{what}: {exc}")

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from pycri.cgroups import CgroupManager
 from pycri.config import Config
-from pycri.errors import FailedPrecondition, Unavailable
+from pycri.errors import DeadlineExceeded, FailedPrecondition, PycriError, Unavailable
 from pycri.network.cni import CniManager, PodAttachment
-from pycri.network.cni_exec import CniError
+from pycri.network.cni_exec import CniError, CniTimeout
+from pycri.oci.driver import runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.sandbox.namespaces import NamespaceManager
 from pycri.sandbox.pause import PauseProcesses
@@ -29,6 +30,12 @@ from pycri.state.memory import StateStore
 from pycri.state.sandboxes import SandboxRecord
 
 log = logging.getLogger(__name__)
+
+
+def network_error(exc: CniError, what: str) -> PycriError:
+    """DEADLINE_EXCEEDED when a plugin ran out of time, else UNAVAILABLE."""
+    kind = DeadlineExceeded if isinstance(exc, CniTimeout) else Unavailable
+    return kind(f"{what}: {exc}")
 
 
 def attachment(record: SandboxRecord, plan: SandboxPlan | None = None) -> PodAttachment:
@@ -64,7 +71,7 @@ class SandboxContext:
             try:
                 await self.pause.stop(record)
             except OciRuntimeError as exc:
-                raise FailedPrecondition(f"stop the pod's pause process: {exc}") from exc
+                raise runtime_error(exc, "stop the pod's pause process", FailedPrecondition) from exc
         if record.netns_path is not None:
             await self._detach_network(record)
         await asyncio.to_thread(self.namespaces.release, record)
@@ -77,7 +84,7 @@ class SandboxContext:
         try:
             await self.network.delete(attachment(record))
         except CniError as exc:
-            raise Unavailable(f"pod network teardown failed: {exc}") from exc
+            raise network_error(exc, "pod network teardown failed") from exc
 
     async def remove(self, record: SandboxRecord, made_log_directory: bool = False) -> None:
         if self.cgroups.owns_pod_parent(record.cgroup_parent):

@@ -26,7 +26,7 @@ from pycri.container.rootfs import make_layer_dirs, mount_leased, write_bundle
 from pycri.errors import FailedPrecondition
 from pycri.image import overlay
 from pycri.image.service import ImageService
-from pycri.oci.driver import ContainerCreate, ContainerRuntime
+from pycri.oci.driver import ContainerCreate, ContainerRuntime, runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.oci.spec import PauseSpecInput, pause_spec
 from pycri.proc import ProcessRef
@@ -103,7 +103,7 @@ class PauseProcesses:
             )
             await runtime.start(record.id)
         except OciRuntimeError as exc:
-            raise FailedPrecondition(f"the pod's pause process did not start: {exc}") from exc
+            raise runtime_error(exc, "the pod's pause process did not start", FailedPrecondition) from exc
         process = ProcessRef.of(created.container_pid)
         if process is None:
             raise FailedPrecondition("the pod's pause process exited as soon as it started")
@@ -118,8 +118,8 @@ class PauseProcesses:
         if process is not None and process.alive():
             try:
                 await runtime.kill(record.id, signal.SIGKILL)
-            except OciRuntimeError as exc:  # already gone: the wait below returns at once
-                log.debug("kill of the pause process failed", extra={"fields": {"id": record.id, "error": str(exc)}})
+            except OciRuntimeError as exc:  # gone already, the wait returns at once; if not, it times out
+                log.warning("kill of the pause process failed", extra={"fields": {"id": record.id, "error": str(exc)}})
             await process.wait_exit(KILL_WAIT_SECONDS)
         await runtime.delete(record.id, force=True)
         await asyncio.to_thread(self._remove_files, record, runtime)

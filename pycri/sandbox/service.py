@@ -21,12 +21,12 @@ from pycri.api import api_pb2
 from pycri.calls import ObjectLocks, PendingCreates
 from pycri.container.context import sandbox_lock_key
 from pycri.container.service import ContainerService
-from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pycri.faults import kill_point
 from pycri.ids import AmbiguousId, resolve_id
 from pycri.network.cni import CniNotReady, PortMapping
 from pycri.network.cni_exec import CniError, CniPluginNotFound
-from pycri.sandbox.context import SandboxContext, attachment
+from pycri.sandbox.context import SandboxContext, attachment, network_error
 from pycri.sandbox.files import write_hostname, write_hosts, write_resolv_conf
 from pycri.sandbox.pause import pause_process
 from pycri.sandbox.plan import SandboxPlan, check_host_ports, plan_sandbox, port_mappings
@@ -179,7 +179,7 @@ class SandboxService:
             except (CniNotReady, CniPluginNotFound) as exc:
                 raise FailedPrecondition(f"pod network is not ready: {exc}") from exc
             except CniError as exc:
-                raise Unavailable(f"pod network setup failed: {exc}") from exc
+                raise network_error(exc, "pod network setup failed") from exc
             record = dataclasses.replace(record, ips=result.ips, cni_result=dict(result.raw))
             kill_point("run_pod_sandbox.network")
         if plan.shared_pid:
