@@ -19,7 +19,7 @@ from pycri.container.context import ContainerContext, sandbox_lock_key
 from pycri.container.create import create_container
 from pycri.container.views import container_entry, container_status, matches, verbose_info
 from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from pycri.ids import AmbiguousId, resolve_id
+from pycri.ids import find_by_id, find_quietly
 from pycri.oci.exit_watch import ExitWatch
 from pycri.state.containers import ContainerRecord, ContainerState, reserved_name
 
@@ -64,16 +64,8 @@ class ContainerService:
     # ---- lookups (memory only) ----
 
     def find(self, container_id: str) -> ContainerRecord | None:
-        if not container_id:
-            raise InvalidArgument("container_id: empty")
-        record = self.ctx.state.container(container_id)
-        if record is not None:
-            return record
-        try:
-            full = resolve_id(container_id, (r.id for r in self.ctx.state.containers()))
-        except AmbiguousId as exc:
-            raise InvalidArgument(str(exc)) from None
-        return None if full is None else self.ctx.state.container(full)
+        state = self.ctx.state
+        return find_by_id(container_id, "container_id", state.container, lambda: (r.id for r in state.containers()))
 
     def get(self, container_id: str) -> ContainerRecord:
         record = self.find(container_id)
@@ -92,10 +84,7 @@ class ContainerService:
 
     def list(self, wanted: api_pb2.ContainerFilter) -> list[api_pb2.Container]:
         if wanted.id:
-            try:
-                found = self.find(wanted.id)
-            except InvalidArgument:
-                found = None
+            found = find_quietly(self.find, wanted.id)
             candidates = [found] if found is not None else []
         elif wanted.pod_sandbox_id and self.ctx.state.sandbox(wanted.pod_sandbox_id) is not None:
             candidates = self.ctx.state.containers_of(wanted.pod_sandbox_id)

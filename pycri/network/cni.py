@@ -218,7 +218,7 @@ async def _run_together(*operations: Coroutine[Any, Any, Any]) -> list[Any]:
 
 
 class CniManager:
-    """Pod network attachments: ADD, DEL, CHECK, GC and readiness for the sandbox service."""
+    """Pod network attachments: ADD, DEL, GC and readiness for the sandbox service."""
 
     def __init__(
         self,
@@ -347,15 +347,6 @@ class CniManager:
             if isinstance(outcome, BaseException):
                 raise outcome
         log.info("pod network detached", extra={"fields": {"container_id": attachment.container_id}})
-
-    async def check(self, attachment: PodAttachment) -> None:
-        """CHECK the pod's attachments against what ADD cached; CniError when something is off."""
-        cached = await asyncio.to_thread(self.cache.attachments, attachment.container_id)
-        if attachment.ifname not in {entry.runtime.ifname for entry in cached}:
-            raise CniError("cache", "CHECK", f"no cached attachment for {attachment.container_id}")
-        netns = str(attachment.netns_path)
-        for entry in cached:
-            await CniNetwork(entry.network, self.runner).check(replace(entry.runtime, netns=netns), entry.result)
 
     async def gc(self, valid_attachments: Iterable[PodAttachment]) -> None:
         """DEL every cached attachment of a pod not in `valid_attachments`, then GC (CNI 1.1) the network.

@@ -1,4 +1,4 @@
-"""The CNI result cache: what each attachment was set up with, so DEL, CHECK and GC work later.
+"""The CNI result cache: what each attachment was set up with, so DEL and GC work later.
 
 One file per attachment, `<cache_dir>/results/<network>-<container id>-<ifname>`, in libcni's
 `cniCacheV1` layout (the config bytes base64-encoded, as Go writes a []byte), so tools that read

@@ -278,13 +278,6 @@ class CniNetwork:
         if first_error is not None:
             raise first_error
 
-    async def check(self, runtime: RuntimeConf, cached_result: Mapping[str, Any]) -> None:
-        """CHECK through the chain in order; versions before 0.4.0 have no CHECK, so nothing is run."""
-        if self.config.disable_check or not version_at_least(self.config.cni_version, "0.4.0"):
-            return
-        for plugin in self.config.plugins:
-            await self._invoke(plugin, "CHECK", runtime, cached_result)
-
     async def _plugins_speaking_1_1(self) -> list[Mapping[str, Any]]:
         if not version_at_least(self.config.cni_version, "1.1.0"):
             return []

@@ -23,7 +23,7 @@ from pycri.container.context import sandbox_lock_key
 from pycri.container.service import ContainerService
 from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pycri.faults import kill_point
-from pycri.ids import AmbiguousId, resolve_id
+from pycri.ids import find_by_id, find_quietly
 from pycri.network.cni import CniNotReady, PortMapping
 from pycri.network.cni_exec import CniError, CniPluginNotFound
 from pycri.sandbox.context import SandboxContext, attachment, network_error
@@ -61,16 +61,8 @@ class SandboxService:
     def find(self, sandbox_id: str) -> SandboxRecord | None:
         """The sandbox with this id or unique id prefix, None when there is none.
         InvalidArgument for an empty id or a prefix shared by several sandboxes."""
-        if not sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is required")
-        record = self.ctx.state.sandbox(sandbox_id)
-        if record is not None:
-            return record
-        try:
-            found = resolve_id(sandbox_id, (r.id for r in self.ctx.state.sandboxes()))
-        except AmbiguousId as exc:
-            raise InvalidArgument(str(exc)) from None
-        return self.ctx.state.sandbox(found) if found else None
+        state = self.ctx.state
+        return find_by_id(sandbox_id, "pod_sandbox_id", state.sandbox, lambda: (r.id for r in state.sandboxes()))
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         record = self.find(sandbox_id)
@@ -88,11 +80,7 @@ class SandboxService:
     def list(self, sandbox_filter: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
         candidates: list[SandboxRecord] = list(self.ctx.state.sandboxes())
         if sandbox_filter.id:
-            # As containerd: a unique prefix selects its sandbox, anything else selects none.
-            try:
-                found = self.find(sandbox_filter.id)
-            except InvalidArgument:
-                found = None
+            found = find_quietly(self.find, sandbox_filter.id)
             candidates = [found] if found is not None else []
         return [sandbox_summary(record) for record in candidates if matches(record, sandbox_filter)]
 

@@ -12,8 +12,9 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from pycri.api import api_pb2
 from pycri.state import containers, sandboxes
@@ -30,6 +31,7 @@ ContainerChange = Callable[[ContainerRecord], ContainerRecord]
 SandboxChange = Callable[[SandboxRecord], SandboxRecord]
 StatusOf = Callable[[SandboxRecord], api_pb2.PodSandboxStatus]
 ContainerStatusOf = Callable[[ContainerRecord], api_pb2.ContainerStatus]
+R = TypeVar("R", SandboxRecord, ContainerRecord)
 
 
 class StateStore:
@@ -92,16 +94,9 @@ class StateStore:
         self, sandbox_id: str, change: SandboxChange, finishes: Intent | None = None
     ) -> SandboxRecord | None:
         """Apply `change` to the pod as it is when its turn comes; None when the pod is gone."""
-        async with self._record_lock(sandbox_id):
-            current = self._sandboxes.get(sandbox_id)
-            if current is None:
-                if finishes is not None:
-                    await self.finish(finishes)
-                return None
-            updated = change(current)
-            if updated == current and finishes is None:
-                return current
-            return await self.put_sandbox(updated, finishes)
+        return await self._update(
+            sandbox_id, self._sandboxes.get, change, lambda record, _: self.put_sandbox(record, finishes), finishes
+        )
 
     async def delete_sandbox(self, sandbox_id: str, finishes: Intent | None = None) -> None:
         def change(db: sqlite3.Connection) -> None:
@@ -136,8 +131,22 @@ class StateStore:
     ) -> ContainerRecord | None:
         """Apply `change` to the container as it is when its turn comes; None when it is gone.
         A change that leaves the record as it was writes nothing and announces nothing."""
-        async with self._record_lock(container_id):
-            current = self._containers.get(container_id)
+
+        def put(record: ContainerRecord, changed: bool) -> Awaitable[ContainerRecord]:
+            return self.put_container(record, finishes, event if changed else None)
+
+        return await self._update(container_id, self._containers.get, change, put, finishes)
+
+    async def _update(
+        self,
+        object_id: str,
+        current_of: Callable[[str], R | None],
+        change: Callable[[R], R],
+        put: Callable[[R, bool], Awaitable[R]],
+        finishes: Intent | None,
+    ) -> R | None:
+        async with self._record_lock(object_id):
+            current = current_of(object_id)
             if current is None:
                 if finishes is not None:
                     await self.finish(finishes)
@@ -145,7 +154,7 @@ class StateStore:
             updated = change(current)
             if updated == current and finishes is None:
                 return current
-            return await self.put_container(updated, finishes, event if updated != current else None)
+            return await put(updated, updated != current)
 
     def _record_lock(self, object_id: str) -> asyncio.Lock:
         return self._record_locks.setdefault(object_id, asyncio.Lock())

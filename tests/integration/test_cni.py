@@ -207,7 +207,6 @@ async def test_add_gives_the_pod_an_ip_reachable_from_the_host(
     stats = await interface_stats(pod.netns_path, "eth0")
     assert stats.rx_bytes > 0 and stats.tx_bytes > 0
 
-    await manager.check(pod)
     await manager.delete(pod)
     assert ip_files(test_network) == []
     assert await pod_addresses(pod.netns_path, "eth0") == []
@@ -269,17 +268,6 @@ async def test_delete_after_the_netns_is_gone_still_releases_the_ip(
     await manager.delete(pod)
     assert ip_files(test_network) == []
     assert not list((test_network.cache_dir / "results").iterdir())
-
-
-async def test_check_notices_a_missing_interface(
-    manager: CniManager, pods: list[PodAttachment], tmp_path: Path
-) -> None:
-    pod = new_pod(pods, tmp_path)
-    await manager.add(pod)
-    await manager.check(pod)
-    subprocess.run(["nsenter", f"--net={pod.netns_path}", "ip", "link", "del", "eth0"], check=True)
-    with pytest.raises(CniError, match=r"\(CHECK\)"):
-        await manager.check(pod)
 
 
 async def test_gc_deletes_attachments_of_pods_that_are_gone(
