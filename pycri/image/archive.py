@@ -19,15 +19,16 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import posixpath
 import tarfile
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pycri.image.manifest import (
     INDEX_MEDIA_TYPES,
@@ -68,7 +69,7 @@ _LINK_HOPS_MAX = 16
 _CHUNK_SIZE = 1 << 20
 # What reading a damaged archive (or a compressed one whose stream is corrupt) raises.
 _DAMAGED = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
-_DECOMPRESSORS: dict[bytes, Callable[[Path], IO[bytes]]] = {
+_DECOMPRESSORS: dict[bytes, Callable[[Path], io.BufferedIOBase]] = {
     GZIP_MAGIC: gzip.open,
     b"BZh": bz2.open,
     b"\xfd7zXZ\x00": lzma.open,
@@ -184,7 +185,7 @@ class ImageArchive:
         """Index and parse the archive: blocking, run it in a thread."""
         self._path = path
         self._platform = platform
-        self._decompress: Callable[[Path], IO[bytes]] | None = None
+        self._decompress: Callable[[Path], io.BufferedIOBase] | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
         self._layers: dict[str, _Member] = {}
         self._skipped_platforms: list[str] = []
@@ -194,7 +195,7 @@ class ImageArchive:
         except (*_DAMAGED, OSError) as exc:
             raise ArchiveError(f"cannot read the archive: {exc}") from None
 
-    def _open(self) -> IO[bytes]:
+    def _open(self) -> io.BufferedIOBase:
         return self._decompress(self._path) if self._decompress else open(self._path, "rb")  # noqa: SIM115
 
     def _index_members(self) -> None:
@@ -228,7 +229,7 @@ class ImageArchive:
                 raise ArchiveError(f"{path} in the archive is not a regular file")
         raise ArchiveError(f"{path}: more than {_LINK_HOPS_MAX} links in a row")
 
-    def _chunks(self, member: _Member) -> Iterator[bytes]:
+    def _chunks(self, member: _Member) -> Generator[bytes, None, None]:
         """The member's bytes, from a file object of its own (so readers may run in parallel)."""
         with self._open() as stream:
             stream.seek(member.offset)

@@ -37,7 +37,6 @@ _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 # Unquoted values are tokens by the RFC; servers also send URLs unquoted, so take all up to a comma.
 _BARE_VALUE_RE = re.compile(r'[^\s,"]+')
 _TOKEN68_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*(?=\s*(?:,|$))")
-_SPACE_RE = re.compile(r"[\s,]*")
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 
 
@@ -140,7 +139,7 @@ def load_docker_config(path: str | Path) -> dict[str, Credentials]:
 def parse_www_authenticate(header: str) -> list[Challenge]:
     """Parse a WWW-Authenticate header into its challenges; unparseable tails are dropped."""
     challenges: list[Challenge] = []
-    position = _SPACE_RE.match(header, 0).end()
+    position = _skip_separators(header, 0)
     while position < len(header):
         scheme = _TOKEN_RE.match(header, position)
         if scheme is None:
@@ -153,7 +152,7 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
             challenge.params[""] = token68.group()
             position = token68.end()
         while True:
-            position = _SPACE_RE.match(header, position).end()
+            position = _skip_separators(header, position)
             if not _is_parameter(header, position):
                 break
             name = _TOKEN_RE.match(header, position)
@@ -275,6 +274,13 @@ def _string(entry: dict[str, object], name: str) -> str:
 
 def _skip_spaces(text: str, position: int) -> int:
     while position < len(text) and text[position] in " \t":
+        position += 1
+    return position
+
+
+def _skip_separators(text: str, position: int) -> int:
+    """Past the whitespace and commas between challenges and parameters."""
+    while position < len(text) and (text[position].isspace() or text[position] == ","):
         position += 1
     return position
 

@@ -242,13 +242,13 @@ def _field(document: dict[str, Any], name: str, kind: type) -> Any:
 def _descriptor(entry: Any, what: str) -> Descriptor:
     if not isinstance(entry, dict):
         raise InvalidManifest(f"{what} descriptor is not a JSON object")
-    media_type, digest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
+    media_type, size = entry.get("mediaType"), entry.get("size")
     if not isinstance(media_type, str) or not media_type:
         raise InvalidManifest(f"{what} descriptor has no mediaType")
     try:
-        validate_digest(digest)
+        digest = validate_digest(entry.get("digest"))
     except ValueError:
-        raise InvalidManifest(f"{what} descriptor has an invalid digest {digest!r}") from None
+        raise InvalidManifest(f"{what} descriptor has an invalid digest {entry.get('digest')!r}") from None
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidManifest(f"{what} descriptor {digest} has an invalid size {size!r}")
     urls = entry.get("urls") or []
@@ -268,7 +268,7 @@ def _platform(entry: dict[str, Any], digest: str) -> Platform | None:
         raise InvalidManifest(f"index entry {digest} has an invalid platform")
     os_name, architecture = platform.get("os"), platform.get("architecture")
     variant = platform.get("variant") or ""
-    if not all(isinstance(value, str) for value in (os_name, architecture, variant)):
+    if not (isinstance(os_name, str) and isinstance(architecture, str) and isinstance(variant, str)):
         raise InvalidManifest(f"index entry {digest} has an invalid platform {platform!r}")
     return normalize_platform(os_name, architecture, variant)
 

@@ -10,6 +10,7 @@ in another thread sees a whole old record or a whole new one.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -152,7 +153,7 @@ class ImageMetadata:
     def get(self, image_id: str) -> ImageRecord | None:
         return self._images.get(image_id)
 
-    def find_by_id_prefix(self, prefix: str) -> list[ImageRecord]:
+    def find_by_id_prefix(self, prefix: str) -> builtins.list[ImageRecord]:
         """`prefix` is "sha256:" and some hex digits (callers validate it)."""
         return [record for image_id, record in self._images.items() if image_id.startswith(prefix)]
 
@@ -183,7 +184,7 @@ class ImageMetadata:
         """(blobs, chain IDs) that images and snapshot leases keep, read on the writer thread."""
         return await self._store.write(referenced)
 
-    async def lease_snapshots(self, owner: str, chain_ids: list[str]) -> None:
+    async def lease_snapshots(self, owner: str, chain_ids: builtins.list[str]) -> None:
         await self._store.write(lambda db: insert_leases(db, owner, chain_ids))
 
     async def release_snapshots(self, owner: str) -> None:

@@ -153,10 +153,9 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
     return domain, path
 
 
-def validate_digest(digest: str) -> str:
-    """Return ``digest`` if it is ``algorithm:hex`` of a supported algorithm, else raise ValueError."""
-    match = DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
-    if match is None:
+def validate_digest(digest: object) -> str:
+    """Return ``digest`` if it is an ``algorithm:hex`` string of a supported algorithm, else raise ValueError."""
+    if not isinstance(digest, str) or (match := DIGEST_RE.fullmatch(digest)) is None:
         raise ValueError(f"invalid digest {digest!r}")
     algorithm, hex_digits = match.groups()
     expected_length = DIGEST_HEX_LENGTHS.get(algorithm)

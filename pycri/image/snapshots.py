@@ -9,6 +9,7 @@ one image unpack in parallel and a container's rootfs is one overlay mount.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -211,7 +212,7 @@ class SnapshotStore:
 
     def mount_rootfs(
         self,
-        lower_chain_ids_top_first: list[str],
+        lower_chain_ids_top_first: builtins.list[str],
         upper: Path | None,
         work: Path | None,
         target: Path,

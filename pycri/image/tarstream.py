@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+import types
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from typing import BinaryIO
 
 import zstandard
 
+_inflate_lib: types.ModuleType
 try:  # ISA-L inflates gzip about twice as fast as zlib; the output is the same.
     from isal import isal_zlib as _inflate_lib
 except ImportError:
-    _inflate_lib = zlib  # type: ignore[no-redef]
+    _inflate_lib = zlib
 
 log = logging.getLogger(__name__)
 
