@@ -6,10 +6,11 @@ a method with no handler answers UNIMPLEMENTED (never a fake success).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import grpc
 from google.protobuf.message import Message
@@ -68,6 +69,14 @@ def _unimplemented(method: str, streaming: bool) -> Handler:
     return replies if streaming else reply
 
 
+def _is_unary(handler: Handler) -> TypeGuard[UnaryHandler]:
+    return inspect.iscoroutinefunction(handler)
+
+
+def _is_stream(handler: Handler) -> TypeGuard[StreamHandler]:
+    return inspect.isasyncgenfunction(handler)
+
+
 def service_handler(service: str, handlers: dict[str, Handler], daemon: Any) -> grpc.GenericRpcHandler:
     descriptor = api_pb2.DESCRIPTOR.services_by_name[service]
     unknown = set(handlers) - {m.name for m in descriptor.methods}
@@ -83,8 +92,11 @@ def service_handler(service: str, handlers: dict[str, Handler], daemon: Any) -> 
         }
         full_name = f"{service}/{method.name}"
         handler = handlers.get(method.name) or _unimplemented(full_name, method.server_streaming)
-        if method.server_streaming:
+        if method.server_streaming and _is_stream(handler):
             methods[method.name] = grpc.unary_stream_rpc_method_handler(_stream(full_name, handler, daemon), **codec)
-        else:
+        elif not method.server_streaming and _is_unary(handler):
             methods[method.name] = grpc.unary_unary_rpc_method_handler(_unary(full_name, handler, daemon), **codec)
+        else:
+            kind = "an async generator" if method.server_streaming else "a coroutine function"
+            raise ValueError(f"the handler for {full_name} must be {kind}")
     return grpc.method_handlers_generic_handler(descriptor.full_name, methods)
