@@ -10,6 +10,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from pycri.api import api_pb2
 from pycri.container.context import ContainerContext
@@ -44,8 +45,8 @@ def log_path_of(sandbox: SandboxRecord, config: api_pb2.ContainerConfig, layers:
     return Path(sandbox.log_directory) / config.log_path
 
 
-def _process_user(spec: dict[str, object]) -> ProcessUser:
-    user = spec.get("process", {}).get("user", {})  # type: ignore[union-attr]
+def _process_user(spec: dict[str, Any]) -> ProcessUser:
+    user = spec.get("process", {}).get("user", {})
     return ProcessUser(int(user.get("uid", 0)), int(user.get("gid", 0)), tuple(user.get("additionalGids") or ()))
 
 

@@ -45,7 +45,7 @@ def container_status(record: ContainerRecord) -> api_pb2.ContainerStatus:
         annotations=record.config.annotations,
         mounts=record.config.mounts,
         log_path=record.log_path,
-        stop_signal=signal_enum(record.stop_signal),
+        stop_signal=api_pb2.Signal.Name(signal_enum(record.stop_signal)),
     )
     status.resources.linux.CopyFrom(record.resources or record.config.linux.resources)
     linux_user = status.user.linux
