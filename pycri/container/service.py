@@ -41,6 +41,7 @@ class ContainerService:
         ctx.state.container_status = container_status
 
     def watch_exits(self) -> None:
+        self.ctx.runtime(self.ctx.config.runtime.default_handler).exit_dir.mkdir(parents=True, exist_ok=True)
         self._exit_watch.start()
 
     def close(self) -> None:

@@ -14,15 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pycri.calls import ObjectLocks
 from pycri.cgroups import CgroupLayout
+from pycri.config import Config
+from pycri.container.context import ContainerContext
+from pycri.container.service import ContainerService
 from pycri.image.metadata import ImageRecord
 from pycri.network.cni import CniManager, CniResult, PodAttachment
 from pycri.network.cni_exec import CniError
 from pycri.oci.conmon import ConmonProcess, ExitInfo
 from pycri.oci.driver import ContainerCreate
 from pycri.oci.runtime import ContainerState, ContainerStatus, OciRuntimeError, RuntimeHandler
+from pycri.sandbox.context import SandboxContext
+from pycri.sandbox.pause import PauseProcesses
+from pycri.sandbox.service import SandboxService
 from pycri.sandbox.sysctls import Sysctl
+from pycri.state.intents import IntentLog
+from pycri.state.memory import StateStore
 from pycri.state.sandboxes import SandboxRecord
+from pycri.state.store import Store
 
 BUSYBOX = ImageRecord(
     id="sha256:" + "b" * 64,
@@ -40,8 +50,9 @@ class FakeRuntime:
     """Each container is a real `sleep` child (so PIDs and start times are real); a kill ends it
     and makes conmon's exit report arrive through `on_exit`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, exit_dir: Path) -> None:
         self.handler = RuntimeHandler(name="runc", path=Path("/usr/sbin/runc"), root=root)
+        self.exit_dir = exit_dir
         self.name = "runc"
         self.status: dict[str, ContainerStatus] = {}
         self.exits: dict[str, ExitInfo] = {}
@@ -227,3 +238,73 @@ class FakeImages:
 
     async def recover(self, intents: Any) -> None:
         pass
+
+
+@dataclass
+class FakeHost:
+    """The machine under the services: what survives a daemon restart."""
+
+    runtime: FakeRuntime
+    cgroups: FakeCgroups
+    namespaces: FakeNamespaces
+    network: FakeNetwork
+    images: FakeImages
+
+
+@dataclass
+class FakeNode:
+    config: Config
+    db: Store
+    state: StateStore
+    intents: IntentLog
+    host: FakeHost
+    containers: ContainerService
+    sandboxes: SandboxService
+
+    @property
+    def runtime(self) -> FakeRuntime:
+        return self.host.runtime
+
+    @property
+    def cgroups(self) -> FakeCgroups:
+        return self.host.cgroups
+
+    @property
+    def namespaces(self) -> FakeNamespaces:
+        return self.host.namespaces
+
+    @property
+    def network(self) -> FakeNetwork:
+        return self.host.network
+
+    @property
+    def images(self) -> FakeImages:
+        return self.host.images
+
+    def rows(self, table: str) -> int:
+        return int(self.db.query(f"SELECT count(*) FROM {table}")[0][0])
+
+
+def build(base: Path, host: FakeHost | None = None) -> FakeNode:
+    """Services over fakes, on a database and dirs under `base`; pass the host of an earlier
+    node (after closing its database) to start again as after a crash."""
+    config = Config(root_dir=base / "root", state_dir=base / "state")
+    config.runtime.default_log_dir = base / "logs"
+    config.root_dir.mkdir(exist_ok=True)
+    host = host or FakeHost(
+        FakeRuntime(config.state_dir / "runc", config.state_dir / "exits"), FakeCgroups(), FakeNamespaces(), FakeNetwork(base), FakeImages()
+    )
+    db = Store(config.db_path)
+    state = StateStore(db, config.root_dir / "sandboxes", config.state_dir / "sandboxes")
+    intents = IntentLog(db)
+    locks = ObjectLocks()
+    runtimes: Any = {"runc": host.runtime}
+    images: Any = host.images
+    cgroups: Any = host.cgroups
+    containers = ContainerService(ContainerContext(config, state, intents, images, runtimes, cgroups, 0), locks)
+    pause = PauseProcesses(config, images, runtimes, cgroups, 0)
+    sandboxes = SandboxService(
+        SandboxContext(config, state, intents, host.network, host.namespaces, pause, cgroups), containers, locks
+    )
+    host.runtime.on_exit = containers.exit_reported
+    return FakeNode(config, db, state, intents, host, containers, sandboxes)

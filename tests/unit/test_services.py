@@ -5,71 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pycri.api import api_pb2
-from pycri.calls import ObjectLocks
-from pycri.config import Config
-from pycri.container.context import ContainerContext
-from pycri.container.service import ContainerService
 from pycri.errors import AlreadyExists, FailedPrecondition, RuntimeFailure, Unavailable
-from pycri.sandbox.context import SandboxContext
-from pycri.sandbox.pause import PauseProcesses
-from pycri.sandbox.service import SandboxService
 from pycri.state.containers import ContainerState
-from pycri.state.intents import IntentLog
-from pycri.state.memory import StateStore
 from pycri.state.sandboxes import SandboxState
-from pycri.state.store import Store
-from tests.support.fakes import FakeCgroups, FakeImages, FakeNamespaces, FakeNetwork, FakeRuntime
+from tests.support.fakes import FakeNode, build
 
 pytestmark = pytest.mark.unit
-
-
-@dataclass
-class FakeNode:
-    config: Config
-    db: Store
-    state: StateStore
-    intents: IntentLog
-    runtime: FakeRuntime
-    cgroups: FakeCgroups
-    namespaces: FakeNamespaces
-    network: FakeNetwork
-    images: FakeImages
-    containers: ContainerService
-    sandboxes: SandboxService
-
-    def rows(self, table: str) -> int:
-        return int(self.db.query(f"SELECT count(*) FROM {table}")[0][0])
-
-
-def build(base: Path) -> FakeNode:
-    config = Config(root_dir=base / "root", state_dir=base / "state")
-    config.runtime.default_log_dir = base / "logs"
-    config.root_dir.mkdir()
-    db = Store(config.db_path)
-    state = StateStore(db, config.root_dir / "sandboxes", config.state_dir / "sandboxes")
-    intents = IntentLog(db)
-    runtime = FakeRuntime(config.state_dir / "runc")
-    cgroups, namespaces, network, images = FakeCgroups(), FakeNamespaces(), FakeNetwork(base), FakeImages()
-    locks = ObjectLocks()
-    runtimes = {"runc": runtime}
-    containers = ContainerService(
-        ContainerContext(config, state, intents, images, runtimes, cgroups, 0),
-        locks,  # type: ignore[arg-type]
-    )
-    pause = PauseProcesses(config, images, runtimes, cgroups, 0)  # type: ignore[arg-type]
-    sandboxes = SandboxService(
-        SandboxContext(config, state, intents, network, namespaces, pause, cgroups),  # type: ignore[arg-type]
-        containers,
-        locks,
-    )
-    runtime.on_exit = containers.exit_reported
-    return FakeNode(config, db, state, intents, runtime, cgroups, namespaces, network, images, containers, sandboxes)
 
 
 @pytest.fixture
