@@ -292,7 +292,11 @@ def build(base: Path, host: FakeHost | None = None) -> FakeNode:
     config.runtime.default_log_dir = base / "logs"
     config.root_dir.mkdir(exist_ok=True)
     host = host or FakeHost(
-        FakeRuntime(config.state_dir / "runc", config.state_dir / "exits"), FakeCgroups(), FakeNamespaces(), FakeNetwork(base), FakeImages()
+        FakeRuntime(config.state_dir / "runc", config.state_dir / "exits"),
+        FakeCgroups(),
+        FakeNamespaces(),
+        FakeNetwork(base),
+        FakeImages(),
     )
     db = Store(config.db_path)
     state = StateStore(db, config.root_dir / "sandboxes", config.state_dir / "sandboxes")
