@@ -9,6 +9,7 @@ import functools
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pycri.oci.driver import ContainerCreate, runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.oci.spec import ContainerSpecInput, container_spec
 from pycri.oci.spec_mounts import missing_bind_sources
-from pycri.proc import start_time
+from pycri.proc import ProcessRef, start_time
 from pycri.sandbox.paths import sandbox_paths
 from pycri.state import containers
 from pycri.state.containers import ContainerRecord, ContainerState, ProcessUser
@@ -63,12 +64,28 @@ def _missing_with_parents(config: api_pb2.ContainerConfig) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(made))
 
 
+def target_pid_namespace(ctx: ContainerContext, sandbox: SandboxRecord, config: api_pb2.ContainerConfig) -> Path | None:
+    """The PID namespace a container with namespace_options.pid TARGET joins (kubectl debug
+    --target): that of a running container of the same pod, checked by PID and start time."""
+    options = config.linux.security_context.namespace_options
+    if options.pid != api_pb2.NamespaceMode.TARGET:
+        return None
+    field = "config.linux.security_context.namespace_options.target_id"
+    target = ctx.state.container(options.target_id) if options.target_id else None
+    if target is None or target.sandbox_id != sandbox.id:
+        raise NotFound(f"{field}: {options.target_id!r} is no container of pod sandbox {sandbox.id}")
+    if target.state is not ContainerState.RUNNING or not ProcessRef(target.pid, target.pid_start_time).alive():
+        raise FailedPrecondition(f"{field}: container {target.id} is not running")
+    return Path(f"/proc/{target.pid}/ns/pid")
+
+
 async def create_container(
     ctx: ContainerContext, sandbox: SandboxRecord, name: str, config: api_pb2.ContainerConfig
 ) -> str:
     """Runs under the pod's lock with the name reserved. Returns the new container's id."""
     if not sandbox.ready:
         raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    target_namespace = target_pid_namespace(ctx, sandbox, config)
     image = await ctx.images.lookup(config.image.image)
     if image is None:
         raise NotFound(f"image {config.image.image!r} not found: pull it first")
@@ -93,7 +110,8 @@ async def create_container(
     intent = await ctx.intents.begin(INTENT, container_id, plan)
     kill_point("create_container.intent")
     try:
-        committed = await _make(ctx, sandbox, record, image.chain_ids, image.config, bind_sources, intent)
+        made = _Sources(image.chain_ids, image.config, bind_sources, target_namespace)
+        committed = await _make(ctx, sandbox, record, made, intent)
     except BaseException as exc:
         await asyncio.shield(_undo(ctx, record, bind_sources, intent))
         if isinstance(exc, OciRuntimeError):
@@ -112,20 +130,24 @@ async def _undo(ctx: ContainerContext, record: ContainerRecord, bind_sources: tu
     log.warning("container creation undone", extra={"fields": {"id": record.id, "name": record.name}})
 
 
+@dataclass(frozen=True)
+class _Sources:
+    """What CreateContainer makes the container from, beyond its record."""
+
+    chain_ids: list[str]
+    image_config: dict[str, Any]
+    bind_sources: tuple[Path, ...]
+    target_pid_namespace: Path | None
+
+
 async def _make(
-    ctx: ContainerContext,
-    sandbox: SandboxRecord,
-    record: ContainerRecord,
-    chain_ids: list[str],
-    image_config: dict[str, object],
-    bind_sources: tuple[Path, ...],
-    intent: Intent,
+    ctx: ContainerContext, sandbox: SandboxRecord, record: ContainerRecord, made: _Sources, intent: Intent
 ) -> ContainerRecord:
     layers = ctx.layer_dir(record.id)
     await asyncio.to_thread(make_layer_dirs, layers)
-    await mount_leased(ctx.images, record.id, chain_ids, layers / "rootfs", layers)
+    await mount_leased(ctx.images, record.id, made.chain_ids, layers / "rootfs", layers)
     spec_config = await mount_image_volumes(ctx.images, record.config, record.id, layers)
-    await asyncio.to_thread(_make_bind_sources, bind_sources)
+    await asyncio.to_thread(_make_bind_sources, made.bind_sources)
     kill_point("create_container.rootfs")
 
     spec_input = ContainerSpecInput(
@@ -133,12 +155,13 @@ async def _make(
         sandbox_id=sandbox.id,
         config=spec_config,
         sandbox=sandbox.config,
-        image_config=image_config,
+        image_config=made.image_config,
         rootfs=layers / "rootfs",
         sandbox_paths=sandbox_paths(sandbox),
         cgroups_path=record.cgroups_path,
         runtime_oom_score_adj=ctx.own_oom_score_adj,
         seccomp_profile_root=None,
+        target_pid_namespace=made.target_pid_namespace,
     )
     spec = await asyncio.to_thread(container_spec, spec_input)
     bundle = ctx.bundle_dir(record.id)

@@ -4,13 +4,14 @@ failure cleanup, and kubelet's retry, without root."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from pycri.api import api_pb2
-from pycri.errors import AlreadyExists, FailedPrecondition, RuntimeFailure, Unavailable
+from pycri.errors import AlreadyExists, FailedPrecondition, NotFound, RuntimeFailure, Unavailable
 from pycri.state.containers import ContainerState
 from pycri.state.sandboxes import SandboxState
 from tests.support.fakes import FakeNode, build
@@ -181,3 +182,23 @@ async def test_a_pod_sharing_its_pid_namespace_gets_a_pause_process(node: FakeNo
     assert node.sandboxes.get(sandbox_id).state is SandboxState.NOTREADY
     await node.sandboxes.remove(sandbox_id)
     assert node.images.metadata.leases == {} and node.runtime.status == {}
+
+
+async def test_a_debug_container_joins_its_targets_pid_namespace(node: FakeNode) -> None:
+    sandbox_id = await node.sandboxes.run(pod_config(), "")
+    target_id = await node.containers.create(sandbox_id, container_config("app"), pod_config())
+    debug = container_config("debugger")
+    options = debug.linux.security_context.namespace_options
+    options.pid, options.target_id = api_pb2.NamespaceMode.TARGET, target_id
+    with pytest.raises(FailedPrecondition, match="is not running"):
+        await node.containers.create(sandbox_id, debug, pod_config())
+    await node.containers.start(target_id)
+    debug_id = await node.containers.create(sandbox_id, debug, pod_config())
+    spec = json.loads((node.config.state_dir / "containers" / debug_id / "config.json").read_text())
+    pid = node.containers.get(target_id).pid
+    assert {"type": "pid", "path": f"/proc/{pid}/ns/pid"} in spec["linux"]["namespaces"]
+    options.target_id = "f" * 64
+    options.pid = api_pb2.NamespaceMode.TARGET
+    debug.metadata.attempt = 1
+    with pytest.raises(NotFound, match="is no container of pod sandbox"):
+        await node.containers.create(sandbox_id, debug, pod_config())
