@@ -36,7 +36,6 @@ from pycri.oci.runtime import (
     last_error_line,
 )
 from pycri.process_exit import exit_status, kill_pidfds, open_pidfds
-from pycri.process_exit import wait_for_exit as wait_for_exit  # re-exported: tests/integration/test_recovery_sweep.py
 
 log = logging.getLogger(__name__)
 

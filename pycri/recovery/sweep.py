@@ -56,7 +56,7 @@ _CGROUP_NAMES: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 class RuntimeDriver(Protocol):
-    """What the sweep needs of an OCI runtime driver (pycri.oci.runtime.OciRuntime)."""
+    """What the sweep needs of an OCI runtime driver (pycri.oci.driver.ContainerRuntime)."""
 
     @property
     def handler(self) -> RuntimeHandler: ...

@@ -21,7 +21,10 @@ from pycri.network.cni import CniManager, PodAttachment
 from pycri.network.cni_exec import DEFAULT_BIN_DIRS
 from pycri.network.netns import create_namespace, is_namespace_pinned, remove_namespace
 from pycri.oci import conmon
-from pycri.oci.runtime import ContainerStatus, OciRuntime, RuntimeHandler
+from pycri.oci.conmon import ConmonProcess
+from pycri.oci.driver import ContainerCreate, ContainerRuntime
+from pycri.oci.runtime import ContainerStatus, RuntimeHandler
+from pycri.process_exit import wait_for_exit
 from pycri.recovery.mounts import read_mountinfo
 from pycri.recovery.procs import ConmonArgs, kill_conmon
 from pycri.recovery.sweep import Owned, Removal, SweepScope, sweep_orphans
@@ -32,7 +35,7 @@ from tests.integration.test_cni import (  # noqa: F401 - test_network: pytest fi
     remove_leftover_nat_rules,
     test_network,
 )
-from tests.integration.test_oci_runtime import make_bundle, process_running
+from tests.integration.test_oci_runtime import TIMEOUTS, make_bundle, process_running
 from tests.support.daemon import remove_tree, short_tempdir
 
 pytestmark = [
@@ -98,7 +101,9 @@ class Dirs:
     def attach(self) -> Path:
         return self.state / "attach"
 
-    def scope(self, runtimes: list[OciRuntime] | None = None, cgroup_parents: list[str] | None = None) -> SweepScope:
+    def scope(
+        self, runtimes: list[ContainerRuntime] | None = None, cgroup_parents: list[str] | None = None
+    ) -> SweepScope:
         return SweepScope(self.root, self.state, runtimes or [], cgroup_parents or [])
 
 
@@ -212,8 +217,8 @@ async def test_orphan_files_mounts_and_namespace_pins_go_and_owned_ones_stay(
 
 @dataclass
 class Running:
-    request: conmon.ConmonCreate
-    process: conmon.ConmonProcess
+    request: ContainerCreate
+    process: ConmonProcess
 
 
 @pytest.fixture
@@ -223,66 +228,52 @@ async def cgroup_parent() -> AsyncIterator[str]:
     await asyncio.to_thread(remove_cgroup, parent)
 
 
+def container_runtime(handler: RuntimeHandler, exit_dir: Path, socket_dir: Path) -> ContainerRuntime:
+    return ContainerRuntime(handler, conmon.DEFAULT_CONMON_PATH, exit_dir, socket_dir, TIMEOUTS)
+
+
 @pytest.fixture
-async def runtime(dirs: Dirs) -> AsyncIterator[OciRuntime]:
+async def runtime(dirs: Dirs) -> AsyncIterator[ContainerRuntime]:
     if not RUNC.exists() or not conmon.DEFAULT_CONMON_PATH.exists() or not Path("/bin/busybox").exists():
         pytest.skip("needs runc, conmon and busybox-static")
-    driver = OciRuntime(RuntimeHandler(name="runc", path=RUNC, root=dirs.state / "runc"))
+    driver = container_runtime(
+        RuntimeHandler(name="runc", path=RUNC, root=dirs.state / "runc"), dirs.exits, dirs.attach
+    )
     yield driver
     for state in await driver.list_containers():
         await driver.delete(state.id, force=True)
 
 
-async def run_container(
-    runtime: OciRuntime, container_id: str, bundle: Path, cgroups_path: str, exit_dir: Path, socket_dir: Path
-) -> Running:
+async def run_container(runtime: ContainerRuntime, container_id: str, bundle: Path, cgroups_path: str) -> Running:
     make_bundle(bundle, ["/bin/sleep", "1000"], cgroups_path)
-    request = conmon.ConmonCreate(
+    request = ContainerCreate(
         container_id=container_id,
         name=f"sweep-{container_id[:8]}",
         bundle=bundle,
-        runtime=runtime.handler,
         log_path=bundle / "container.log",
-        exit_dir=exit_dir,
-        persist_dir=bundle,
-        socket_dir=socket_dir,
     )
-    process = await conmon.create_container(request)
+    process = await runtime.create(request)
     await runtime.start(container_id)
     return Running(request, process)
 
 
 async def test_orphan_runc_container_conmon_and_cgroups_go_and_others_stay(
-    dirs: Dirs, runtime: OciRuntime, cgroup_parent: str
+    dirs: Dirs, runtime: ContainerRuntime, cgroup_parent: str
 ) -> None:
     orphan_pod, owned_pod = new_id(), new_id()
     orphan_ctr, owned_ctr, foreign_ctr = new_id(), new_id(), new_id()
     owned_pod_cgroup = f"{cgroup_parent}/pod-{owned_pod}"
     orphan = await run_container(
-        runtime,
-        orphan_ctr,
-        dirs.state / "containers" / orphan_ctr,
-        f"{cgroup_parent}/pod-{orphan_pod}/{orphan_ctr}",
-        dirs.exits,
-        dirs.attach,
+        runtime, orphan_ctr, dirs.state / "containers" / orphan_ctr, f"{cgroup_parent}/pod-{orphan_pod}/{orphan_ctr}"
     )
     kept = await run_container(
-        runtime,
-        owned_ctr,
-        dirs.state / "containers" / owned_ctr,
-        f"{owned_pod_cgroup}/{owned_ctr}",
-        dirs.exits,
-        dirs.attach,
+        runtime, owned_ctr, dirs.state / "containers" / owned_ctr, f"{owned_pod_cgroup}/{owned_ctr}"
     )
     # Another runtime's: its bundle is not under pycri's state dir and its conmon writes elsewhere.
     foreign_base = dirs.root.parent / "foreign"
+    foreign_runtime = container_runtime(runtime.handler, foreign_base / "exits", foreign_base / "attach")
     foreign = await run_container(
-        runtime,
-        foreign_ctr,
-        foreign_base / "bundle",
-        f"{cgroup_parent}/foreign/{foreign_ctr}",
-        foreign_base / "exits",
-        foreign_base / "attach",
+        foreign_runtime, foreign_ctr, foreign_base / "bundle", f"{cgroup_parent}/foreign/{foreign_ctr}"
     )
     stray_conmon_cgroup, stray_ctr_cgroup = f"conmon-{new_id()}", new_id()
     for name in (stray_conmon_cgroup, stray_ctr_cgroup):
@@ -325,7 +316,7 @@ async def test_orphan_runc_container_conmon_and_cgroups_go_and_others_stay(
 
     for survivor in (kept, foreign):
         await runtime.delete(survivor.request.container_id, force=True)
-        await conmon.wait_for_exit(survivor.process.conmon_pid, 10, kill_after=True)
+        await wait_for_exit(survivor.process.conmon_pid, 10, kill_after=True)
 
 
 async def test_a_conmon_whose_runtime_is_not_swept_is_killed(dirs: Dirs, tmp_path: Path, cgroup_parent: str) -> None:
@@ -333,11 +324,10 @@ async def test_a_conmon_whose_runtime_is_not_swept_is_killed(dirs: Dirs, tmp_pat
     # conmon outlives step 1 and is found by its command line alone.
     if not RUNC.exists() or not conmon.DEFAULT_CONMON_PATH.exists() or not Path("/bin/busybox").exists():
         pytest.skip("needs runc, conmon and busybox-static")
-    dropped = OciRuntime(RuntimeHandler(name="dropped", path=RUNC, root=tmp_path / "dropped-root"))
+    dropped_handler = RuntimeHandler(name="dropped", path=RUNC, root=tmp_path / "dropped-root")
+    dropped = container_runtime(dropped_handler, dirs.exits, dirs.attach)
     orphan_ctr = new_id()
-    orphan = await run_container(
-        dropped, orphan_ctr, tmp_path / "bundle", f"{cgroup_parent}/{orphan_ctr}", dirs.exits, dirs.attach
-    )
+    orphan = await run_container(dropped, orphan_ctr, tmp_path / "bundle", f"{cgroup_parent}/{orphan_ctr}")
     try:
         removals = await sweep_orphans(dirs.scope(), Owned(frozenset(), frozenset()), CgroupfsTree(), None, [])
         conmon_removal = ("conmon", f"pid {orphan.process.conmon_pid} (container {orphan_ctr})")
@@ -345,7 +335,7 @@ async def test_a_conmon_whose_runtime_is_not_swept_is_killed(dirs: Dirs, tmp_pat
         assert not process_running(orphan.process.conmon_pid)
     finally:
         await dropped.delete(orphan_ctr, force=True)
-        await conmon.wait_for_exit(orphan.process.conmon_pid, 10, kill_after=True)
+        await wait_for_exit(orphan.process.conmon_pid, 10, kill_after=True)
 
 
 def test_a_pid_that_is_no_longer_that_conmon_gets_no_signal(dirs: Dirs) -> None:
