@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 from kubelet import RPC_TIMEOUT, Density, Kubelet  # noqa: E402
 from peers import (  # noqa: E402
+    BRIDGE,
+    SUBNET,
     IsolatedContainerd,
     cgroup_dirs,
     containerd_available,
@@ -178,6 +180,7 @@ def run_pycri(images: TestImages, density: Density, sampling: Sampling) -> SideR
     with running_node(settings) as node, node.daemon.channel() as channel:
         assert node.daemon.proc is not None
         kubelet = Kubelet(channel, node.base / "logs")
+        print(f"pycri: pod network {node.network.subnet} on bridge {node.network.bridge}, dirs under {node.base}")
         try:
             return measure_side(
                 "pycri",
@@ -220,6 +223,7 @@ def run_containerd(images: TestImages, density: Density, sampling: Sampling) -> 
         containerd = IsolatedContainerd(images.registry_host, images.pause.reference)
         try:
             containerd.start()
+            print(f"containerd: pod network {SUBNET} on bridge {BRIDGE}, dirs under {containerd.base}")
             with containerd.channel() as channel:
                 kubelet = Kubelet(channel, containerd.base / "logs")
                 try:
