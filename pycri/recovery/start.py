@@ -212,5 +212,4 @@ async def _sweep(containers: ContainerService, sandboxes: SandboxService) -> Non
         container_ids=frozenset(r.id for r in ctx.state.containers()),
     )
     valid = [attachment(r) for r in records if r.netns_path is not None and r.ips]
-    removals = await sweep_orphans(scope, owned, ctx.cgroups, sandboxes.ctx.network, valid)
-    log.info("orphan sweep done", extra={"fields": {"removed": len(removals)}})
+    await sweep_orphans(scope, owned, ctx.cgroups, sandboxes.ctx.network, valid)

@@ -1,5 +1,6 @@
-"""The systemd driver against a real systemd (PID 1) over the system bus, with a plain process
-standing in for conmon. Skipped where systemd is not PID 1 (containers, this CI)."""
+"""The systemd driver against a real systemd (PID 1) over the system bus: a plain process
+standing in for conmon, then pods and containers under runc --systemd-cgroup. Skipped where
+systemd is not PID 1 (containers, this CI)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from pycri.api import api_pb2
 from pycri.cgroups import CgroupManager, make_cgroup_manager
+from tests.integration.test_sandbox_support import running_node
+from tests.support.busybox_images import TestImages
+from tests.support.pods import container_config, workloads_on
 
 
 def systemd_is_pid_1() -> bool:
@@ -63,3 +68,18 @@ async def test_conmon_scope_in_a_pod_slice_pycri_made(cgroups: CgroupManager, sl
     sleeper.wait()
     await cgroups.remove(pod)  # stopping the slice stops the emptied scope in it
     assert not cgroups.exists(pod)
+
+
+def test_pods_run_and_report_stats_with_runc_under_the_systemd_driver(test_images: TestImages) -> None:
+    """The whole path a kubelet with the systemd cgroup driver takes: runc --systemd-cgroup
+    makes the container scopes in pycri's pod slice, and the stats RPCs read them back."""
+    settings = {"runtime": {"pause_image": test_images.pause.reference, "cgroup_driver": "systemd"}}
+    with running_node(settings) as node, workloads_on(node) as work:
+        work.pull(test_images.busybox.reference)
+        pod = work.pod("systemd-driven")
+        container_id = work.run(pod, container_config("sleeper", test_images.busybox.reference, "sleep", "3600"))
+        assert work.info(container_id)["cgroupsPath"] == f"pycri-pod{pod.id}.slice:pycri:{container_id}"
+        stats = work.runtime.ContainerStats(api_pb2.ContainerStatsRequest(container_id=container_id)).stats
+        assert stats.memory.working_set_bytes.value > 0 and stats.cpu.timestamp > 0
+        pod_stats = work.runtime.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod.id)).stats
+        assert pod_stats.linux.memory.working_set_bytes.value > 0
