@@ -77,10 +77,6 @@ class CgroupfsManager:
             target = self._conmon_cgroup
         tree.join(self.layout, self.directory(target), pid)
 
-    def join(self, cgroups_path: str, pid: int) -> None:
-        """Create the cgroup where missing and move a process into it (the caller picks a leaf)."""
-        tree.join(self.layout, self.directory(cgroups_path), pid)
-
     def exists(self, cgroups_path: str) -> bool:
         return tree.exists(self.layout, self.directory(cgroups_path))
 

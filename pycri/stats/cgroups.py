@@ -144,37 +144,3 @@ def read_optional(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
-
-
-# Transitional (see pycri/cgroups/transitional.py): the cgroupfs-only entry points of callers that
-# do not take a CgroupManager yet. Imported lazily: pycri.cgroups imports this module.
-
-
-def host_layout() -> CgroupLayout:
-    from pycri.cgroups.layout import host_layout as layout_of_host
-
-    return layout_of_host()
-
-
-def read_stats(cgroup_path: str) -> CgroupStats:
-    from pycri.cgroups.transitional import host_cgroupfs
-
-    return host_cgroupfs().read_stats(cgroup_path)
-
-
-def cgroup_exists(cgroup_path: str) -> bool:
-    from pycri.cgroups.transitional import host_cgroupfs
-
-    return host_cgroupfs().exists(cgroup_path)
-
-
-def join_cgroup(cgroup_path: str, pid: int) -> None:
-    from pycri.cgroups.transitional import host_cgroupfs
-
-    host_cgroupfs().join(cgroup_path, pid)
-
-
-async def remove_cgroup(cgroup_path: str) -> None:
-    from pycri.cgroups.transitional import host_cgroupfs
-
-    await host_cgroupfs().remove(cgroup_path)

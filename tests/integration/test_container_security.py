@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2
+from pycri.cgroups import host_layout
 from pycri.oci.spec_security import capability_names_from_mask
-from pycri.stats.cgroups import host_layout
 from tests.integration.test_sandbox_support import rpc_error
 from tests.support.pods import (
     SLEEP_FOREVER,

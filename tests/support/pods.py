@@ -22,7 +22,7 @@ import grpc
 import psutil
 
 from pycri.api import api_pb2, api_pb2_grpc
-from pycri.stats.cgroups import host_layout, remove_cgroup
+from pycri.cgroups import host_layout, make_cgroup_manager
 from tests.integration.test_sandbox_support import CONTAINER_PID, Node, pod_config, running_node
 from tests.support.busybox_images import TestImages
 from tests.support.daemon import mounts_under
@@ -240,7 +240,7 @@ def pod_cgroup(sandbox_id: str) -> str:
 
 def remove_pod_cgroup(sandbox_id: str) -> None:
     """Remove the pod cgroup RemovePodSandbox leaves behind (see the xfail test in test_containers.py)."""
-    asyncio.run(remove_cgroup(pod_cgroup(sandbox_id)))
+    asyncio.run(make_cgroup_manager("cgroupfs", "/pycri", "pod").remove(pod_cgroup(sandbox_id)))
 
 
 def cgroup_dir(cgroup_path: str, controller: str) -> Path:
