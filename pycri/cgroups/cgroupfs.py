@@ -19,7 +19,8 @@ _LEAF = re.compile(r"[A-Za-z0-9_.-]+")
 def cgroupfs_directory(cgroups_path: str) -> PurePosixPath:
     """The directory of an absolute cgroupfs path below the hierarchy roots; ValueError for one
     that is relative, is the root itself or climbs with '..'."""
-    path = PurePosixPath(cgroups_path)
+    # Leading slashes collapse into one, as for the kernel and runc ("//" is a root of its own to pathlib).
+    path = PurePosixPath("/", cgroups_path.lstrip("/"))
     if not cgroups_path.startswith("/") or ".." in path.parts or path == PurePosixPath("/"):
         raise ValueError(f"{cgroups_path!r} is not an absolute cgroup path below the root without '..'")
     return path.relative_to("/")
