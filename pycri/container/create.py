@@ -123,10 +123,14 @@ async def create_container(
 
 
 async def _undo(ctx: ContainerContext, record: ContainerRecord, bind_sources: tuple[Path, ...], intent: Intent) -> None:
+    """Undo a CreateContainer. Should a step fail, the intent stays and the next start tries again;
+    the caller still gets the error that made the undo necessary."""
     try:
         await ctx.teardown(record, bind_sources)
-    finally:
-        await ctx.state.finish(intent)
+    except Exception as exc:  # noqa: BLE001 - logged; the intent keeps what is left
+        log.error("undoing a container creation failed", extra={"fields": {"id": record.id, "error": str(exc)}})
+        return
+    await ctx.state.finish(intent)
     log.warning("container creation undone", extra={"fields": {"id": record.id, "name": record.name}})
 
 

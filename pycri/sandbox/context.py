@@ -66,25 +66,29 @@ class SandboxContext:
     pause: PauseProcesses
     cgroups: CgroupManager
 
-    async def release(self, record: SandboxRecord) -> None:
+    async def release(self, record: SandboxRecord, network_attached: bool = True) -> None:
+        """Every step runs even when one fails; then the first failure is raised."""
+        failures: list[PycriError] = []
         if record.shared_pid:
             try:
                 await self.pause.stop(record)
             except OciRuntimeError as exc:
-                raise runtime_error(exc, "stop the pod's pause process", FailedPrecondition) from exc
-        if record.netns_path is not None:
-            await self._detach_network(record)
+                failures.append(runtime_error(exc, "stop the pod's pause process", FailedPrecondition))
+        if record.netns_path is not None and network_attached:
+            try:
+                await self._detach_network(record)
+            except CniError as exc:
+                failures.append(network_error(exc, "pod network teardown failed"))
         await asyncio.to_thread(self.namespaces.release, record)
+        if failures:
+            raise failures[0]
 
     async def _detach_network(self, record: SandboxRecord) -> None:
         assert record.netns_path is not None
         if not await asyncio.to_thread(self.namespaces.netns_pinned, record.netns_path):
             # An unpinned namespace file is no namespace: plugins must get no CNI_NETNS, not this file.
             await asyncio.to_thread(self.namespaces.release, record)
-        try:
-            await self.network.delete(attachment(record))
-        except CniError as exc:
-            raise network_error(exc, "pod network teardown failed") from exc
+        await self.network.delete(attachment(record))
 
     async def remove(self, record: SandboxRecord, made_log_directory: bool = False) -> None:
         if self.cgroups.owns_pod_parent(record.cgroup_parent):

@@ -142,11 +142,12 @@ class SandboxService:
         intent_plan = {"record": sandboxes.to_plan(record), "made_log_directory": made_log_directory}
         intent = await self.ctx.intents.begin(RUN_INTENT, record.id, intent_plan)
         kill_point("run_pod_sandbox.intent")
+        done: set[str] = set()  # "network" once CNI ADD succeeded (a failed ADD undoes itself)
         try:
-            ready = await self._set_up(record, plan, made_log_directory)
+            ready = await self._set_up(record, plan, made_log_directory, done)
             await self.ctx.state.put_sandbox(ready, finishes=intent)
         except BaseException:
-            await asyncio.shield(self._undo(record, made_log_directory, intent))
+            await asyncio.shield(self._undo(record, made_log_directory, intent, network_attached="network" in done))
             raise
         kill_point("run_pod_sandbox.committed")
         ms = round((time.monotonic() - started) * 1e3, 1)
@@ -156,7 +157,9 @@ class SandboxService:
         )
         return ready.id
 
-    async def _set_up(self, record: SandboxRecord, plan: SandboxPlan, made_log_directory: bool) -> SandboxRecord:
+    async def _set_up(
+        self, record: SandboxRecord, plan: SandboxPlan, made_log_directory: bool, done: set[str]
+    ) -> SandboxRecord:
         await asyncio.to_thread(self._prepare_host_side, record, plan, made_log_directory)
         if self.ctx.cgroups.owns_pod_parent(record.cgroup_parent):
             await asyncio.to_thread(self.ctx.cgroups.create_pod_parent, record.cgroup_parent)
@@ -168,6 +171,7 @@ class SandboxService:
                 raise FailedPrecondition(f"pod network is not ready: {exc}") from exc
             except CniError as exc:
                 raise network_error(exc, "pod network setup failed") from exc
+            done.add("network")
             record = dataclasses.replace(record, ips=result.ips, cni_result=dict(result.raw))
             kill_point("run_pod_sandbox.network")
         if plan.shared_pid:
@@ -195,12 +199,18 @@ class SandboxService:
         if record.netns_path is not None:
             write_hosts(record.hosts_path, plan.hostname, record.ips, host_network=False)
 
-    async def _undo(self, record: SandboxRecord, made_log_directory: bool, intent: Intent) -> None:
+    async def _undo(
+        self, record: SandboxRecord, made_log_directory: bool, intent: Intent, network_attached: bool = True
+    ) -> None:
+        """Undo a RunPodSandbox. Should a step fail, the intent stays and the next start tries again;
+        the caller still gets the error that made the undo necessary."""
         try:
-            await self.ctx.release(record)
+            await self.ctx.release(record, network_attached)
             await self.ctx.remove(record, made_log_directory)
-        finally:
-            await self.ctx.state.finish(intent)
+        except Exception as exc:  # noqa: BLE001 - logged; the intent keeps what is left
+            log.error("undoing a pod sandbox setup failed", extra={"fields": {"id": record.id, "error": str(exc)}})
+            return
+        await self.ctx.state.finish(intent)
         log.warning("pod sandbox setup undone", extra={"fields": {"id": record.id, "name": record.name}})
 
     # ---- StopPodSandbox, RemovePodSandbox ----
