@@ -22,6 +22,7 @@ from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Not
 from pycri.ids import find_by_id, find_quietly
 from pycri.oci.exit_watch import ExitWatch
 from pycri.state.containers import ContainerRecord, ContainerState, reserved_name
+from pycri.state.views import ViewCache
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class ContainerService:
         self.ctx = ctx
         self._locks = locks
         self._creating: dict[str, str] = {}  # reserved name -> pod id, while CreateContainer runs
+        self._entries: ViewCache[ContainerRecord, api_pb2.Container] = ViewCache(container_entry)
         self._creates: PendingCreates[str] = PendingCreates(
             ctx.config.runtime.abandoned_create_grace, self.remove, "container"
         )
@@ -91,7 +93,8 @@ class ContainerService:
             candidates = self.ctx.state.containers_of(wanted.pod_sandbox_id)
         else:
             candidates = list(self.ctx.state.containers())
-        return [container_entry(record) for record in candidates if matches(record, wanted)]
+        self._entries.keep_only(self.ctx.state.container_ids())
+        return [self._entries.get(record) for record in candidates if matches(record, wanted)]
 
     def status(self, container_id: str, verbose: bool) -> api_pb2.ContainerStatusResponse:
         record = self.get(container_id)

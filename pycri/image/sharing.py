@@ -13,23 +13,14 @@ before it answers, so a command's change is seen by every call made after it end
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import os
-import struct
 from pathlib import Path
+
+from pycri.inotify import DirWatch
 
 LOCK_NAME = "images.lock"
 MARKER_NAME = "images.changed"
-
-_IN_CLOSE_WRITE = 0x00000008
-_IN_MOVED_TO = 0x00000080
-_IN_Q_OVERFLOW = 0x00004000
-_IN_NONBLOCK = 0o4000
-_IN_CLOEXEC = 0o2000000
-_EVENT_HEADER = struct.Struct("iIII")
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def lock_store(root: Path, exclusive: bool, wait: bool) -> int | None:
@@ -62,37 +53,15 @@ class ChangeWatch:
     """The daemon's side: inotify on the root dir, drained without blocking."""
 
     def __init__(self, root: Path) -> None:
-        self._root = root
-        self._fd = -1
+        self._watch = DirWatch(root)
 
     def start(self) -> None:
-        fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        if _libc.inotify_add_watch(fd, os.fsencode(self._root), _IN_CLOSE_WRITE | _IN_MOVED_TO) < 0:
-            errno = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(errno, f"inotify_add_watch {self._root} failed")
-        self._fd = fd
+        self._watch.open()
 
     def changed(self) -> bool:
         """Whether another process announced a change since the last call (one read(2), no file access)."""
-        seen = False
-        while self._fd >= 0:
-            try:
-                data = os.read(self._fd, 64 * 1024)
-            except BlockingIOError:
-                break
-            offset = 0
-            while offset + _EVENT_HEADER.size <= len(data):
-                _, mask, _, length = _EVENT_HEADER.unpack_from(data, offset)
-                start = offset + _EVENT_HEADER.size
-                name = data[start : start + length].rstrip(b"\0").decode(errors="replace")
-                offset = start + length
-                seen = seen or name == MARKER_NAME or bool(mask & _IN_Q_OVERFLOW)
-        return seen
+        names, overflowed = self._watch.drain()
+        return overflowed or MARKER_NAME in names
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._watch.close()

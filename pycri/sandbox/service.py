@@ -34,6 +34,7 @@ from pycri.sandbox.views import matches, sandbox_status, sandbox_summary, verbos
 from pycri.state import sandboxes
 from pycri.state.intents import Intent
 from pycri.state.sandboxes import SandboxRecord, SandboxState, reserved_name
+from pycri.state.views import ViewCache
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class SandboxService:
         self._containers = containers
         self._locks = locks
         self._creating: dict[str, SandboxRecord] = {}  # reserved name -> the pod RunPodSandbox is making
+        self._summaries: ViewCache[SandboxRecord, api_pb2.PodSandbox] = ViewCache(sandbox_summary)
         self._creates: PendingCreates[str] = PendingCreates(
             ctx.config.runtime.abandoned_create_grace, self.remove, "pod sandbox"
         )
@@ -82,7 +84,8 @@ class SandboxService:
         if sandbox_filter.id:
             found = find_quietly(self.find, sandbox_filter.id)
             candidates = [found] if found is not None else []
-        return [sandbox_summary(record) for record in candidates if matches(record, sandbox_filter)]
+        self._summaries.keep_only(self.ctx.state.sandbox_ids())
+        return [self._summaries.get(record) for record in candidates if matches(record, sandbox_filter)]
 
     # ---- RunPodSandbox ----
 

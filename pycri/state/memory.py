@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -77,6 +77,12 @@ class StateStore:
 
     def containers(self) -> Iterable[ContainerRecord]:
         return self._containers.values()
+
+    def sandbox_ids(self) -> Collection[str]:
+        return self._sandboxes.keys()
+
+    def container_ids(self) -> Collection[str]:
+        return self._containers.keys()
 
     def containers_of(self, sandbox_id: str) -> list[ContainerRecord]:
         return [self._containers[i] for i in self._by_sandbox.get(sandbox_id, ())]

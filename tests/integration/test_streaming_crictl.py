@@ -43,7 +43,7 @@ def box(work: Workloads, busybox: str) -> str:
 
 def crictl_with_input(endpoint: str, text: str, *args: str) -> subprocess.CompletedProcess[str]:
     assert CRICTL is not None
-    command = [CRICTL, "--runtime-endpoint", endpoint, "--timeout", "60s", *args]
+    command = [CRICTL, "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "60s", *args]
     return subprocess.run(command, input=text, capture_output=True, text=True, timeout=120)
 
 
