@@ -8,8 +8,6 @@ from pathlib import PurePosixPath
 
 from pycri.cgroups import tree
 from pycri.cgroups.layout import CgroupLayout
-from pycri.stats.cgroup_details import CgroupDetails, read_details_at
-from pycri.stats.cgroups import CgroupStats, read_stats_at
 
 CONMON_IN_POD = "pod"
 # Container and sandbox ids, "conmon-<id>", "pod-<id>": also valid in systemd unit names.
@@ -31,7 +29,7 @@ def check_leaf(leaf: str) -> None:
         raise ValueError(f"{leaf!r} is not a cgroup leaf name")
 
 
-class CgroupfsManager:
+class CgroupfsManager(tree.DirectoryReads):
     driver = "cgroupfs"
 
     def __init__(self, parent: str, conmon_cgroup: str, layout: CgroupLayout) -> None:
@@ -77,15 +75,6 @@ class CgroupfsManager:
         else:
             target = self._conmon_cgroup
         tree.join(self.layout, self.directory(target), pid)
-
-    def exists(self, cgroups_path: str) -> bool:
-        return tree.exists(self.layout, self.directory(cgroups_path))
-
-    def read_stats(self, cgroups_path: str) -> CgroupStats:
-        return read_stats_at(self.layout, self.directory(cgroups_path))
-
-    def read_details(self, cgroups_path: str) -> CgroupDetails:
-        return read_details_at(self.layout, self.directory(cgroups_path))
 
     async def remove(self, cgroups_path: str) -> None:
         await tree.remove(self.layout, self.directory(cgroups_path))

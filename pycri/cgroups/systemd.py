@@ -17,8 +17,6 @@ from typing import Protocol
 from pycri.cgroups import tree
 from pycri.cgroups.cgroupfs import CONMON_IN_POD, check_leaf
 from pycri.cgroups.layout import CgroupLayout
-from pycri.stats.cgroup_details import CgroupDetails, read_details_at
-from pycri.stats.cgroups import CgroupStats, read_stats_at
 
 SLICE_SUFFIX = ".slice"
 SCOPE_SUFFIX = ".scope"
@@ -108,7 +106,7 @@ def systemd_directory(cgroups_path: str) -> PurePosixPath:
     return expand_slice(slice_name) / unit
 
 
-class SystemdManager:
+class SystemdManager(tree.DirectoryReads):
     driver = "systemd"
 
     def __init__(self, parent: str, conmon_cgroup: str, layout: CgroupLayout, bus: SystemdBus) -> None:
@@ -166,15 +164,6 @@ class SystemdManager:
         self._bus.start_transient_unit(
             TransientUnit(name=scope, slice=slice_name, description=f"pycri conmon {container_id}", pids=(pid,))
         )
-
-    def exists(self, cgroups_path: str) -> bool:
-        return tree.exists(self.layout, self.directory(cgroups_path))
-
-    def read_stats(self, cgroups_path: str) -> CgroupStats:
-        return read_stats_at(self.layout, self.directory(cgroups_path))
-
-    def read_details(self, cgroups_path: str) -> CgroupDetails:
-        return read_details_at(self.layout, self.directory(cgroups_path))
 
     async def remove(self, cgroups_path: str) -> None:
         """Stop the unit (systemd removes the cgroups it made) and remove what is left in the

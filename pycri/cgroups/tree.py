@@ -8,7 +8,8 @@ import os
 from pathlib import Path, PurePosixPath
 
 from pycri.cgroups.layout import CgroupLayout
-from pycri.stats.cgroups import read_optional
+from pycri.stats.cgroup_details import CgroupDetails, read_details_at
+from pycri.stats.cgroups import CgroupStats, read_optional, read_stats_at
 
 REMOVE_ATTEMPTS = 6
 CPUSET_FILES = ("cpuset.cpus", "cpuset.mems")
@@ -85,3 +86,21 @@ async def _rmdir_retrying(directory: Path) -> None:
             if error.errno != errno.EBUSY or attempt == REMOVE_ATTEMPTS - 1:
                 raise
             await asyncio.sleep(0.01 * 2**attempt)
+
+
+class DirectoryReads:
+    """What both drivers read the same way once a cgroups path is a directory."""
+
+    layout: CgroupLayout
+
+    def directory(self, cgroups_path: str) -> PurePosixPath:
+        raise NotImplementedError
+
+    def exists(self, cgroups_path: str) -> bool:
+        return exists(self.layout, self.directory(cgroups_path))
+
+    def read_stats(self, cgroups_path: str) -> CgroupStats:
+        return read_stats_at(self.layout, self.directory(cgroups_path))
+
+    def read_details(self, cgroups_path: str) -> CgroupDetails:
+        return read_details_at(self.layout, self.directory(cgroups_path))

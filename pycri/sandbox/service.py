@@ -28,7 +28,6 @@ from pycri.network.cni import CniNotReady, PortMapping
 from pycri.network.cni_exec import CniError, CniPluginNotFound
 from pycri.sandbox.context import SandboxContext, attachment, network_error
 from pycri.sandbox.files import write_hostname, write_hosts, write_resolv_conf
-from pycri.sandbox.pause import pause_process
 from pycri.sandbox.plan import SandboxPlan, check_host_ports, plan_sandbox, port_mappings
 from pycri.sandbox.views import matches, sandbox_status, sandbox_summary, verbose_info
 from pycri.state import sandboxes
@@ -289,7 +288,3 @@ class SandboxService:
             return
         log.warning("pause process of a pod sandbox exited", extra={"fields": {"id": sandbox_id}})
         await self.ctx.state.update_sandbox(sandbox_id, sandboxes.not_ready)
-
-    def pause_alive(self, record: SandboxRecord) -> bool:
-        process = pause_process(record)
-        return process is not None and process.alive()
