@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,6 @@ DEFAULT_NETWORK_NAME = "pycri"
 DEFAULT_CONFLIST_FILE = "10-pycri.conflist"
 DEFAULT_SUBNET = "10.85.0.0/16"
 DEFAULT_BRIDGE = "pycri0"
-# The packaged default lives in the repository's cni/ dir, next to the package.
-DEFAULT_CONFLIST_TEMPLATE = Path(__file__).resolve().parents[2] / "cni" / DEFAULT_CONFLIST_FILE
 
 _VALID_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 
@@ -196,11 +195,16 @@ def load_default_network(conf_dir: Path) -> NetworkConfig | None:
     return None
 
 
+def shipped_default_conflist() -> str:
+    """The text of pycri/data/10-pycri.conflist, read from the installed package (wheel, zip or source tree)."""
+    return resources.files("pycri").joinpath("data", DEFAULT_CONFLIST_FILE).read_text(encoding="utf-8")
+
+
 def default_conflist(
     subnet: str = DEFAULT_SUBNET, bridge: str = DEFAULT_BRIDGE, ipam_data_dir: Path | None = None
 ) -> dict[str, Any]:
-    """pycri's default network (cni/10-pycri.conflist) with its subnet, bridge and IPAM data dir set."""
-    document = json.loads(DEFAULT_CONFLIST_TEMPLATE.read_text())
+    """pycri's default network (pycri/data/10-pycri.conflist) with its subnet, bridge and IPAM data dir set."""
+    document = json.loads(shipped_default_conflist())
     for plugin in document["plugins"]:
         if plugin["type"] == "bridge":
             plugin["bridge"] = bridge

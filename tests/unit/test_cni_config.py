@@ -27,7 +27,6 @@ from pycri.network.cni import (
 )
 from pycri.network.cni_cache import CachedAttachment, ResultCache, parse_cache_document
 from pycri.network.cni_config import (
-    DEFAULT_CONFLIST_TEMPLATE,
     LOOPBACK_NETWORK,
     CniConfigError,
     NetworkConfig,
@@ -35,6 +34,7 @@ from pycri.network.cni_config import (
     installed_default_config,
     load_default_network,
     parse_network_config,
+    shipped_default_conflist,
     with_pod_cidrs,
 )
 from pycri.network.cni_exec import (
@@ -138,7 +138,7 @@ def test_default_config_is_installed_only_when_none_is_valid(tmp_path: Path) -> 
 
 
 def test_the_shipped_default_is_the_documented_one() -> None:
-    shipped = json.loads(DEFAULT_CONFLIST_TEMPLATE.read_text())
+    shipped = json.loads(shipped_default_conflist())
     assert shipped == default_conflist()
     assert shipped["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.85.0.0/16"}]]
     assert shipped["plugins"][0]["bridge"] == "pycri0"
