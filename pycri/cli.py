@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pycri import __version__
 from pycri.cli_images import add_images_commands, run_images
 from pycri.config import LOG_LEVELS, Config, ConfigError, config_to_toml, load_config
 from pycri.log import setup_logging
+from pycri.sdnotify import ServiceManager
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,12 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, service_manager: ServiceManager) -> int:
     from pycri.daemon import AlreadyRunning
     from pycri.server.app import SocketInUse, serve
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, service_manager))
     except (AlreadyRunning, SocketInUse) as exc:
         print(f"pycri: {exc}", file=sys.stderr)
         return 1
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pycri: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    # Before any child starts: runc, conmon and CNI plugins must not inherit NOTIFY_SOCKET and its kin.
+    service_manager = ServiceManager.from_environment(os.environ)
     if args.command == "serve":
-        return _serve(config)
+        return _serve(config, service_manager)
     if args.command == "images":
         return run_images(config, args)
     if args.command == "config":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -14,6 +15,7 @@ import grpc
 
 from pycri.config import Config
 from pycri.daemon import Daemon
+from pycri.sdnotify import ServiceManager
 from pycri.server.handlers import image_service_handlers, runtime_service_handlers
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,11 @@ def claim_socket_path(path: Path) -> None:
     raise SocketInUse(f"another server is already serving on {path}")
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, service_manager: ServiceManager | None = None) -> None:
+    """Serve until SIGTERM or SIGINT. `service_manager` hears READY=1 once start-up (recovery included) is
+    done and the socket answers, STOPPING=1 at the signal, and watchdog pings while pycri runs."""
+    manager = service_manager or ServiceManager()
+    watchdog = asyncio.create_task(manager.keep_watchdog_fed())
     daemon = Daemon.open(config)
     try:
         claim_socket_path(config.socket)
@@ -66,11 +72,16 @@ async def serve(config: Config) -> None:
         await server.start()
         config.socket.chmod(SOCKET_MODE)
         log.info("serving", extra={"fields": {"socket": str(config.socket), "root": str(config.root_dir)}})
+        manager.ready(f"serving CRI on {config.socket}")
         await _wait_for_signal()
+        manager.stopping()
         log.info("shutting down", extra={"fields": {"grace_s": SHUTDOWN_GRACE_SECONDS}})
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         config.socket.unlink(missing_ok=True)
     finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
         await daemon.close()
 
 
