@@ -6,10 +6,10 @@ from pathlib import PurePosixPath
 from typing import Protocol
 
 from pycri.cgroups.cgroupfs import CgroupfsManager
+from pycri.cgroups.details import CgroupDetails
 from pycri.cgroups.layout import CgroupLayout, host_layout
 from pycri.cgroups.systemd import SystemdBus, SystemdManager
-from pycri.stats.cgroup_details import CgroupDetails
-from pycri.stats.cgroups import CgroupStats
+from pycri.cgroups.usage import CgroupStats
 
 DRIVERS = ("cgroupfs", "systemd")
 

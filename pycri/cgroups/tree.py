@@ -7,9 +7,9 @@ import errno
 import os
 from pathlib import Path, PurePosixPath
 
+from pycri.cgroups.details import CgroupDetails, read_details_at
 from pycri.cgroups.layout import CgroupLayout
-from pycri.stats.cgroup_details import CgroupDetails, read_details_at
-from pycri.stats.cgroups import CgroupStats, read_optional, read_stats_at
+from pycri.cgroups.usage import CgroupStats, read_optional, read_stats_at
 
 REMOVE_ATTEMPTS = 6
 CPUSET_FILES = ("cpuset.cpus", "cpuset.mems")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pycri.cgroups.details import process_counts
 from pycri.cgroups.manager import CgroupManager
-from pycri.stats.cgroup_details import process_counts
 from pycri.stats.metrics import CgroupReading
 
 SYS_BLOCK_DEVICES = Path("/sys/dev/block")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pycri.api import api_pb2
 from pycri.cgroups.manager import CgroupManager
-from pycri.stats.cgroups import CgroupStats
+from pycri.cgroups.usage import CgroupStats
 
 
 def read_stats_if_any(cgroups: CgroupManager, cgroups_path: str) -> CgroupStats | None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pycri.api import api_pb2
-from pycri.stats.cgroup_details import CgroupDetails, ProcessCounts
-from pycri.stats.cgroups import CgroupStats
+from pycri.cgroups.details import CgroupDetails, ProcessCounts
+from pycri.cgroups.usage import CgroupStats
 
 COUNTER, GAUGE = api_pb2.COUNTER, api_pb2.GAUGE
 BASE_LABEL_KEYS = ("container", "id", "image", "name", "namespace", "pod")

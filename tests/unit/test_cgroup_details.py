@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pycri.stats.cgroup_details import (
+from pycri.cgroups.details import (
     DeviceIo,
     HugetlbUsage,
     Pressure,

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pycri.cgroups.layout import CgroupLayout, parse_mountinfo
-from pycri.stats.cgroups import parse_int, parse_keyed, parse_limit, stats_v1, stats_v2, working_set
+from pycri.cgroups.usage import parse_int, parse_keyed, parse_limit, stats_v1, stats_v2, working_set
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pycri.api import api_pb2
-from pycri.stats.cgroup_details import (
+from pycri.cgroups.details import (
     CgroupDetails,
     CpuDetails,
     DeviceIo,
@@ -17,7 +17,7 @@ from pycri.stats.cgroup_details import (
     Pressure,
     ProcessCounts,
 )
-from pycri.stats.cgroups import CgroupStats
+from pycri.cgroups.usage import CgroupStats
 from pycri.stats.metrics import (
     BASE_LABEL_KEYS,
     METRICS,

@@ -2,7 +2,7 @@
 
 from pycri.api import api_pb2
 from pycri.daemon import Daemon
-from pycri.stats.pod_metrics import pod_sandbox_metrics
+from pycri.sandbox.metrics import pod_sandbox_metrics
 
 
 async def collect(daemon: Daemon) -> list[api_pb2.PodSandboxMetrics]:

@@ -2,7 +2,7 @@
 
 from pycri.api import api_pb2
 from pycri.daemon import Daemon
-from pycri.stats.pod import pod_sandbox_stats
+from pycri.sandbox.stats import pod_sandbox_stats
 
 
 async def collect(daemon: Daemon, wanted: api_pb2.PodSandboxStatsFilter) -> list[api_pb2.PodSandboxStats]:

@@ -2,7 +2,7 @@
 
 from pycri.api import api_pb2
 from pycri.daemon import Daemon
-from pycri.stats.pod import pod_sandbox_stats
+from pycri.sandbox.stats import pod_sandbox_stats
 
 
 async def handle(daemon: Daemon, request: api_pb2.PodSandboxStatsRequest) -> api_pb2.PodSandboxStatsResponse:

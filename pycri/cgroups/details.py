@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from pycri.stats.cgroups import parse_int, parse_keyed, parse_limit, read_optional
+from pycri.cgroups.usage import parse_int, parse_keyed, parse_limit, read_optional
 
 if TYPE_CHECKING:
     from pycri.cgroups.layout import CgroupLayout

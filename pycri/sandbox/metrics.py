@@ -11,13 +11,13 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pycri.api import api_pb2
+from pycri.cgroups.details import parse_open_files_soft_limit
 from pycri.container.context import ContainerContext
 from pycri.container.service import ContainerService
 from pycri.image.snapshots import disk_usage
 from pycri.network.netns import in_netns
 from pycri.state.containers import ContainerRecord, ContainerState
 from pycri.state.sandboxes import SandboxRecord
-from pycri.stats.cgroup_details import parse_open_files_soft_limit
 from pycri.stats.cgroup_reading import block_device_name, read_cgroup
 from pycri.stats.metrics import (
     FilesystemUsage,
