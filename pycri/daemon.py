@@ -32,6 +32,7 @@ from pycri.state.store import Store
 from pycri.stream.service import StreamService
 
 log = logging.getLogger(__name__)
+PRIVATE_DIR_MODE = 0o700
 
 
 class AlreadyRunning(RuntimeError):
@@ -50,6 +51,13 @@ def _lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def make_private_dir(path: Path) -> None:
+    """`path` as a directory only root can enter; a dir an older pycri made searchable is narrowed.
+    What lies below (the db, pods' /dev/shm, container files) is then out of other local users' reach."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    path.chmod(PRIVATE_DIR_MODE)
 
 
 def container_runtimes(config: Config) -> dict[str, ContainerRuntime]:
@@ -94,7 +102,7 @@ class Daemon:
     @classmethod
     def open(cls, config: Config) -> Daemon:
         for directory in (config.root_dir, config.state_dir):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+            make_private_dir(directory)
         lock_fd = _lock(config.root_dir / "pycri.lock")
         try:
             store = Store(config.db_path)
@@ -129,7 +137,9 @@ class Daemon:
     async def start(self) -> None:
         """Recover, then bring the services up; runs before the socket accepts calls."""
         for directory in ("exits", "attach", "containers", "sandboxes"):
-            (self.config.state_dir / directory).mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.config.state_dir / directory)
+        for directory in ("containers", "sandboxes"):
+            make_private_dir(self.config.root_dir / directory)
         if self.config.cni.install_default_config:
             installed_default_config(self.config.cni.conf_dir, self.config.cni.default_subnet)
         await self.images.start()

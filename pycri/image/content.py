@@ -29,6 +29,9 @@ _BATCH_BYTES = 1 << 20
 # Writes and hashing of big batches leave the event loop for these threads;
 # their futures tell when a thread is done with a file descriptor.
 _IO_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="content-io")
+# Blobs are read-only once verified and, like their dirs, only pycri's to read.
+BLOB_MODE = 0o400
+PRIVATE_DIR_MODE = 0o700
 
 
 class ContentError(Exception):
@@ -64,7 +67,7 @@ class _BlobWriter:
     def finish(self, chunks: list[bytes]) -> str:
         """Write the last chunks, make the file durable and read-only; return the digest."""
         self.write(chunks)
-        os.fchmod(self._fd, 0o444)
+        os.fchmod(self._fd, BLOB_MODE)
         os.fsync(self._fd)
         return f"{self.algorithm}:{self._hash.hexdigest()}"
 
@@ -82,7 +85,8 @@ class ContentStore:
     def __init__(self, root: Path) -> None:
         self._root = root / "content"
         self._ingest_dir = self._root / "ingest"
-        self._ingest_dir.mkdir(parents=True, exist_ok=True)
+        self._root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        self._ingest_dir.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
         self._inflight: dict[str, asyncio.Future[Path]] = {}
 
     def path(self, digest: str) -> Path:
@@ -167,7 +171,7 @@ class ContentStore:
             if actual != digest:
                 raise ContentError(f"blob {digest}: content has digest {actual}")
             final = self.path(digest)
-            final.parent.mkdir(exist_ok=True)
+            final.parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
             os.rename(temp_name, final)
             stored = True
         except ContentError:
@@ -195,11 +199,11 @@ class ContentStore:
         try:
             try:
                 _write_all(fd, data)
-                os.fchmod(fd, 0o444)
+                os.fchmod(fd, BLOB_MODE)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            final.parent.mkdir(exist_ok=True)
+            final.parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
             os.rename(temp_name, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -84,7 +84,7 @@ class SnapshotStore:
     def __init__(self, root: Path, intents: IntentLog | None = None) -> None:
         """With `intents`, every unpack is recorded before its temp dir is made."""
         self._dir = root / "snapshots"
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._intents = intents
         self._inflight: dict[str, asyncio.Future[None]] = {}
 
@@ -141,7 +141,8 @@ class SnapshotStore:
 
     def _unpack_now(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str, temp: Path) -> None:
         final = self._snapshot_dir(chain_id)
-        temp.mkdir()
+        # The snapshot dir is owner only; its `fs`, the layer's root, keeps the usual mode, as overlay shows it.
+        temp.mkdir(mode=0o700)
         try:
             (temp / "fs").mkdir()
             started = time.monotonic()

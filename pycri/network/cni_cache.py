@@ -57,6 +57,8 @@ class ResultCache:
             "result": entry.result,
         }
         path = self.path(entry.network.name, runtime.container_id, runtime.ifname)
+        self.results_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.results_dir.mkdir(exist_ok=True, mode=0o700)
         write_atomically(path, json.dumps(document).encode())
 
     def read(self, network_name: str, container_id: str, ifname: str) -> CachedAttachment | None:

@@ -185,8 +185,10 @@ class SandboxService:
 
     def _prepare_host_side(self, record: SandboxRecord, plan: SandboxPlan, made_log_directory: bool) -> None:
         """Dirs, namespace pins, /dev/shm and the hostname and resolv.conf files."""
+        # Owner only: the pod's /dev/shm (a 1777 tmpfs) lies below; containers reach the hostname, hosts and
+        # resolv.conf files (0644) through bind mounts, which need no search right on these dirs.
         for directory in (record.root_dir, record.state_dir):
-            directory.mkdir(parents=True, mode=0o755)
+            directory.mkdir(parents=True, mode=0o700)
         if made_log_directory:
             Path(record.log_directory).mkdir(parents=True, mode=0o755, exist_ok=True)
         self.ctx.namespaces.pin(record, plan.hostname)

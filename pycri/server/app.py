@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,6 +22,8 @@ from pycri.server.handlers import image_service_handlers, runtime_service_handle
 
 log = logging.getLogger(__name__)
 SOCKET_MODE = 0o660
+# The socket is born with SOCKET_MODE: a chmod after bind would leave a window with the umask's mode.
+SOCKET_UMASK = 0o777 & ~SOCKET_MODE
 SHUTDOWN_GRACE_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -52,6 +56,16 @@ def claim_socket_path(path: Path) -> None:
     raise SocketInUse(f"another server is already serving on {path}")
 
 
+@contextlib.contextmanager
+def file_creation_mask(mask: int) -> Iterator[None]:
+    """The process umask set to `mask` for the block (it is process-wide: keep the block short)."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 async def serve(config: Config, service_manager: ServiceManager | None = None) -> None:
     """Serve until SIGTERM or SIGINT. `service_manager` hears READY=1 once start-up (recovery included) is
     done and the socket answers, STOPPING=1 at the signal, and watchdog pings while pycri runs."""
@@ -68,9 +82,9 @@ async def serve(config: Config, service_manager: ServiceManager | None = None) -
             ]
         )
         server.add_generic_rpc_handlers((runtime_service_handlers(daemon), image_service_handlers(daemon)))
-        server.add_insecure_port(f"unix:{config.socket}")
-        await server.start()
-        config.socket.chmod(SOCKET_MODE)
+        with file_creation_mask(SOCKET_UMASK):  # gRPC binds the socket in add_insecure_port
+            server.add_insecure_port(f"unix:{config.socket}")
+            await server.start()
         log.info("serving", extra={"fields": {"socket": str(config.socket), "root": str(config.root_dir)}})
         manager.ready(f"serving CRI on {config.socket}")
         await _wait_for_signal()

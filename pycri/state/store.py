@@ -12,6 +12,8 @@ one writer thread: the event loop never waits on a disk. The synchronous
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +26,11 @@ from pycri.state.schema import MIGRATIONS
 
 T = TypeVar("T")
 
+# The database holds container environments (secrets): owner only. SQLite gives the -wal and -shm
+# files the mode of the database file.
+DB_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
 
 class StoreError(RuntimeError):
     """The database cannot be used (newer schema, corrupt file)."""
@@ -34,7 +41,8 @@ class Store:
     for anything bigger than a single-row read."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _restrict_db_files(path)
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -102,3 +110,12 @@ def _statements(script: str) -> Iterator[str]:
     for chunk in script.split(";"):
         if chunk.strip():
             yield chunk
+
+
+def _restrict_db_files(path: Path) -> None:
+    """Create the database file owner-only before SQLite opens it, and take group and other
+    access off the files an older pycri left readable."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DB_FILE_MODE))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIDE_FILES)):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, DB_FILE_MODE)
