@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from pycri.api import api_pb2
 from pycri.calls import ObjectLocks, PendingCreates
@@ -22,9 +22,11 @@ from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Not
 from pycri.ids import find_by_id, find_quietly
 from pycri.oci.exit_watch import ExitWatch
 from pycri.state.containers import ContainerRecord, ContainerState, reserved_name
-from pycri.state.views import ViewCache
+from pycri.state.views import ViewCache, repeated_field
 
 log = logging.getLogger(__name__)
+
+LIST_ENTRIES_FIELD = api_pb2.ListContainersResponse.CONTAINERS_FIELD_NUMBER
 
 
 class ContainerService:
@@ -33,6 +35,9 @@ class ContainerService:
         self._locks = locks
         self._creating: dict[str, str] = {}  # reserved name -> pod id, while CreateContainer runs
         self._entries: ViewCache[ContainerRecord, api_pb2.Container] = ViewCache(container_entry)
+        self._encoded: ViewCache[ContainerRecord, bytes] = ViewCache(
+            lambda record: repeated_field(LIST_ENTRIES_FIELD, self._entries.get(record))
+        )
         self._creates: PendingCreates[str] = PendingCreates(
             ctx.config.runtime.abandoned_create_grace, self.remove, "container"
         )
@@ -85,16 +90,23 @@ class ContainerService:
     def in_sandbox(self, sandbox_id: str) -> list[ContainerRecord]:
         return self.ctx.state.containers_of(sandbox_id)
 
+    def list_reply(self, wanted: api_pb2.ContainerFilter) -> bytes:
+        """ListContainersResponse, serialised: joined from entries encoded once per record version."""
+        candidates = self._candidates(wanted)
+        self._encoded.keep_only(self.ctx.state.container_ids())
+        return b"".join(self._encoded.get(record) for record in candidates if matches(record, wanted))
+
     def list(self, wanted: api_pb2.ContainerFilter) -> list[api_pb2.Container]:
+        self._entries.keep_only(self.ctx.state.container_ids())
+        return [self._entries.get(record) for record in self._candidates(wanted) if matches(record, wanted)]
+
+    def _candidates(self, wanted: api_pb2.ContainerFilter) -> Iterable[ContainerRecord]:
         if wanted.id:
             found = find_quietly(self.find, wanted.id)
-            candidates = [found] if found is not None else []
-        elif wanted.pod_sandbox_id and self.ctx.state.sandbox(wanted.pod_sandbox_id) is not None:
-            candidates = self.ctx.state.containers_of(wanted.pod_sandbox_id)
-        else:
-            candidates = list(self.ctx.state.containers())
-        self._entries.keep_only(self.ctx.state.container_ids())
-        return [self._entries.get(record) for record in candidates if matches(record, wanted)]
+            return [found] if found is not None else []
+        if wanted.pod_sandbox_id and self.ctx.state.sandbox(wanted.pod_sandbox_id) is not None:
+            return self.ctx.state.containers_of(wanted.pod_sandbox_id)
+        return self.ctx.state.containers()
 
     def status(self, container_id: str, verbose: bool) -> api_pb2.ContainerStatusResponse:
         record = self.get(container_id)

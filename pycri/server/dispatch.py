@@ -20,7 +20,7 @@ from pycri.errors import PycriError, Unimplemented
 
 log = logging.getLogger(__name__)
 
-UnaryHandler = Callable[[Any, Any], Awaitable[Message]]
+UnaryHandler = Callable[[Any, Any], Awaitable[Message | bytes]]
 StreamHandler = Callable[[Any, Any], AsyncIterator[Message]]
 Handler = UnaryHandler | StreamHandler
 
@@ -33,8 +33,17 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc}")
 
 
-def _unary(method: str, handler: UnaryHandler, daemon: Any) -> Callable[..., Awaitable[Message]]:
-    async def call(request: Message, context: grpc.aio.ServicerContext) -> Message:
+def _serializer(reply_type: type[Message]) -> Callable[[Message | bytes], bytes]:
+    """A handler may answer with the reply's bytes, built from parts it keeps serialised."""
+
+    def serialize(reply: Message | bytes) -> bytes:
+        return reply if isinstance(reply, bytes) else reply_type.SerializeToString(reply)
+
+    return serialize
+
+
+def _unary(method: str, handler: UnaryHandler, daemon: Any) -> Callable[..., Awaitable[Message | bytes]]:
+    async def call(request: Message, context: grpc.aio.ServicerContext) -> Message | bytes:
         started = time.monotonic()
         try:
             reply = await handler(daemon, request)
@@ -86,10 +95,7 @@ def service_handler(service: str, handlers: dict[str, Handler], daemon: Any) -> 
     for method in descriptor.methods:
         request_type = getattr(api_pb2, method.input_type.name)
         reply_type = getattr(api_pb2, method.output_type.name)
-        codec = {
-            "request_deserializer": request_type.FromString,
-            "response_serializer": reply_type.SerializeToString,
-        }
+        codec = {"request_deserializer": request_type.FromString, "response_serializer": _serializer(reply_type)}
         full_name = f"{service}/{method.name}"
         handler = handlers.get(method.name) or _unimplemented(full_name, method.server_streaming)
         if method.server_streaming and _is_stream(handler):

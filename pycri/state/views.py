@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Generic, Protocol, TypeVar
 
+from google.protobuf.message import Message
+
 
 class _Record(Protocol):
     @property
@@ -17,6 +19,22 @@ class _Record(Protocol):
 
 R = TypeVar("R", bound=_Record)
 M = TypeVar("M")
+
+
+def repeated_field(number: int, message: Message) -> bytes:
+    """`message` encoded as one element of the repeated message field `number` of its parent:
+    such elements joined are the parent's bytes when that field is all it carries."""
+    body = message.SerializeToString()
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 class ViewCache(Generic[R, M]):

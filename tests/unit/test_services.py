@@ -202,3 +202,24 @@ async def test_a_debug_container_joins_its_targets_pid_namespace(node: FakeNode)
     debug.metadata.attempt = 1
     with pytest.raises(NotFound, match="is no container of pod sandbox"):
         await node.containers.create(sandbox_id, debug, pod_config())
+
+
+async def test_the_serialised_list_is_the_list(node: FakeNode) -> None:
+    sandbox_id = await node.sandboxes.run(pod_config(), "")
+    ids = [await node.containers.create(sandbox_id, container_config(n), pod_config()) for n in ("a", "b", "c")]
+    await node.containers.start(ids[1])
+    running = api_pb2.ContainerStateValue(state=api_pb2.ContainerState.CONTAINER_RUNNING)
+    for wanted in (
+        api_pb2.ContainerFilter(),
+        api_pb2.ContainerFilter(id=ids[2][:12]),
+        api_pb2.ContainerFilter(pod_sandbox_id=sandbox_id),
+        api_pb2.ContainerFilter(state=running),
+        api_pb2.ContainerFilter(id="no-such-container"),
+    ):
+        expected = api_pb2.ListContainersResponse(containers=node.containers.list(wanted))
+        assert api_pb2.ListContainersResponse.FromString(node.containers.list_reply(wanted)) == expected
+    await node.containers.start(ids[0])  # a changed record is encoded again
+    reply = api_pb2.ListContainersResponse.FromString(
+        node.containers.list_reply(api_pb2.ContainerFilter(state=running))
+    )
+    assert {c.id for c in reply.containers} == {ids[0], ids[1]}
