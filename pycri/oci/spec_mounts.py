@@ -110,14 +110,23 @@ def _check_propagation(mount: api_pb2.Mount, mountinfo: Path, field: str) -> Non
         raise SpecError(f"{field}.propagation: {mount.host_path!r} is on neither a shared nor a slave mount")
 
 
+def _check_path(path: str, field: str) -> None:
+    # runc would only fail later (an UNKNOWN to the caller), and a relative host path would be
+    # resolved against the daemon's working directory when a missing source is created.
+    if not path:
+        raise SpecError(f"{field}: empty")
+    if "\0" in path:
+        raise SpecError(f"{field}: {path!r} holds a NUL character")
+    if not path.startswith("/"):
+        raise SpecError(f"{field}: {path!r} is not absolute")
+
+
 def _bind_mount(mount: api_pb2.Mount, field: str) -> dict[str, Any]:
-    if not mount.container_path.startswith("/"):
-        raise SpecError(f"{field}.container_path: {mount.container_path!r} is not absolute")
+    _check_path(mount.container_path, f"{field}.container_path")
     if mount.image.image:
         # The container service turns image volumes into binds before the spec is built.
         raise SpecError(f"{field}.image: image volumes must be mounted by the container service first")
-    if not mount.host_path:
-        raise SpecError(f"{field}.host_path: empty")
+    _check_path(mount.host_path, f"{field}.host_path")
     if mount.uidMappings or mount.gidMappings:
         raise SpecError(f"{field}: ID-mapped mounts are not supported")
     if mount.propagation not in _PROPAGATION_OPTION:
@@ -183,13 +192,17 @@ def missing_bind_sources(config: api_pb2.ContainerConfig) -> list[Path]:
     """Host paths of the CRI bind mounts that do not exist yet.
 
     containerd creates these as directories before the container starts; the container service
-    does the same with this list (and removes what it made if creation fails later).
+    does the same with this list (and removes what it made if creation fails later). SpecError
+    for a host path that is not absolute, before anything is made.
     """
-    return [
-        Path(mount.host_path)
-        for mount in config.mounts
-        if mount.host_path and not mount.image.image and not os.path.lexists(mount.host_path)
-    ]
+    missing = []
+    for number, mount in enumerate(config.mounts):
+        if mount.image.image:
+            continue
+        _check_path(mount.host_path, f"mounts[{number}].host_path")
+        if not os.path.lexists(mount.host_path):
+            missing.append(Path(mount.host_path))
+    return missing
 
 
 def masked_and_readonly_paths(

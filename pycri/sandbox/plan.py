@@ -16,6 +16,7 @@ from pycri.api import api_pb2
 from pycri.config import Config
 from pycri.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from pycri.network.cni import BandwidthLimits, DnsSettings, PortMapping
+from pycri.request_fields import MAX_UID_LENGTH, check_absolute_path, check_name
 from pycri.sandbox.bandwidth import BadQuantity, bandwidth_from_annotations
 from pycri.sandbox.files import has_dns_config
 from pycri.sandbox.sysctls import Sysctl, parse_sysctls
@@ -37,11 +38,6 @@ class SandboxPlan:
     bandwidth: BandwidthLimits | None
     dns: DnsSettings | None
     log_directory: str
-
-
-def _require(value: str, field: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{field} is required")
 
 
 def _namespace_mode(options: api_pb2.NamespaceOption, kind: str) -> int:
@@ -89,10 +85,9 @@ def port_mappings(config: api_pb2.PodSandboxConfig) -> tuple[PortMapping, ...]:
 
 def _log_directory(config: api_pb2.PodSandboxConfig, settings: Config) -> str:
     if config.log_directory:
-        if not config.log_directory.startswith("/"):
-            raise InvalidArgument(f"config.log_directory {config.log_directory!r} is not an absolute path")
+        check_absolute_path(config.log_directory, "config.log_directory")
         return config.log_directory
-    metadata = config.metadata
+    metadata = config.metadata  # checked by plan_sandbox: each part is one path component
     return str(settings.runtime.default_log_dir / f"{metadata.namespace}_{metadata.name}_{metadata.uid}")
 
 
@@ -100,9 +95,9 @@ def plan_sandbox(config: api_pb2.PodSandboxConfig, runtime_handler: str, setting
     """What RunPodSandbox will do for this request; InvalidArgument names the field at fault."""
     if not config.HasField("metadata"):
         raise InvalidArgument("config.metadata is required")
-    _require(config.metadata.name, "config.metadata.name")
-    _require(config.metadata.namespace, "config.metadata.namespace")
-    _require(config.metadata.uid, "config.metadata.uid")
+    check_name(config.metadata.name, "config.metadata.name")
+    check_name(config.metadata.namespace, "config.metadata.namespace")
+    check_name(config.metadata.uid, "config.metadata.uid", MAX_UID_LENGTH)
     handler = runtime_handler or settings.runtime.default_handler
     if handler not in settings.runtime.handlers:
         known = ", ".join(sorted(settings.runtime.handlers))

@@ -115,6 +115,9 @@ def test_a_cri_dev_mount_replaces_everything_under_dev(tmp_path: Path) -> None:
     [
         (api_pb2.Mount(container_path="rel", host_path="/x"), r"^mounts\[0\].container_path: 'rel' is not absolute"),
         (api_pb2.Mount(container_path="/x"), r"^mounts\[0\].host_path: empty"),
+        (api_pb2.Mount(container_path="/x", host_path="srv/x"), r"^mounts\[0\].host_path: 'srv/x' is not absolute"),
+        (api_pb2.Mount(container_path="/x", host_path="/srv\0x"), r"^mounts\[0\].host_path: .* NUL"),
+        (api_pb2.Mount(container_path="/x\0", host_path="/srv"), r"^mounts\[0\].container_path: .* NUL"),
         (
             api_pb2.Mount(container_path="/x", image=api_pb2.ImageSpec(image="busybox")),
             r"^mounts\[0\].image: image volumes must be mounted by the container service first",
@@ -231,3 +234,10 @@ def test_missing_bind_sources(tmp_path: Path) -> None:
         ]
     )
     assert missing_bind_sources(config) == [tmp_path / "missing" / "deep"]
+
+
+@pytest.mark.parametrize("host_path", ["relative/dir", "", "/srv/a\0b"])
+def test_missing_bind_sources_refuses_a_host_path_that_is_not_absolute(tmp_path: Path, host_path: str) -> None:
+    config = container_config(mounts=[api_pb2.Mount(container_path="/a", host_path=host_path)])
+    with pytest.raises(SpecError, match=r"^mounts\[0\].host_path"):
+        missing_bind_sources(config)

@@ -160,3 +160,38 @@ def test_host_port_conflicts() -> None:
     check_host_ports([PortMapping(9090, 80, "tcp", "127.0.0.2")], pinned)
     with pytest.raises(FailedPrecondition):
         check_host_ports([PortMapping(9090, 80, "tcp", "0.0.0.0")], pinned)
+
+
+@pytest.mark.parametrize("field", ["name", "namespace", "uid"])
+@pytest.mark.parametrize("value", ["/etc", "..", "a/b", "x\0y", "line\nbreak", ".", "a..b", "tab\there"])
+def test_metadata_that_could_name_another_path_is_refused(settings: Config, field: str, value: str) -> None:
+    config = pod()
+    setattr(config.metadata, field, value)
+    with pytest.raises(InvalidArgument, match=f"config.metadata.{field}"):
+        plan_sandbox(config, "", settings)
+
+
+@pytest.mark.parametrize(("field", "limit"), [("name", 253), ("namespace", 253), ("uid", 128)])
+def test_metadata_longer_than_kubernetes_allows_is_refused(settings: Config, field: str, limit: int) -> None:
+    config = pod()
+    setattr(config.metadata, field, "a" * limit)
+    plan_sandbox(config, "", settings)
+    setattr(config.metadata, field, "a" * (limit + 1))
+    with pytest.raises(InvalidArgument, match=f"config.metadata.{field}: .* longer than {limit}"):
+        plan_sandbox(config, "", settings)
+
+
+def test_kubelet_metadata_is_accepted(settings: Config) -> None:
+    config = pod()
+    config.metadata.name = "kube-proxy-x7k2p.node-1.example"
+    config.metadata.namespace = "kube-system"
+    config.metadata.uid = "0e0f4fdb-7d0e-4c42-9f4e-3b54d3b8a1c7"
+    plan = plan_sandbox(config, "", settings)
+    expected = settings.runtime.default_log_dir / f"kube-system_{config.metadata.name}_{config.metadata.uid}"
+    assert plan.log_directory == str(expected)
+
+
+@pytest.mark.parametrize("directory", ["logs", "/var/log/../../etc", "/var/log/pods/a\0b", "/" + "a" * 4096])
+def test_a_log_directory_must_be_absolute_and_stay_put(settings: Config, directory: str) -> None:
+    with pytest.raises(InvalidArgument, match="config.log_directory"):
+        plan_sandbox(pod(log_directory=directory), "", settings)
