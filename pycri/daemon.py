@@ -19,6 +19,7 @@ from pycri.hostinfo import HostInfo, collect_host_info, is_executable
 from pycri.image.service import ImageService
 from pycri.network.cni import CniManager
 from pycri.network.cni_config import installed_default_config
+from pycri.oci.apparmor import APPARMOR_PARSER, load_default_profile
 from pycri.oci.driver import ContainerRuntime, RuntimeTimeouts
 from pycri.oci.runtime import RuntimeHandler
 from pycri.recovery.start import recover
@@ -96,6 +97,8 @@ class Daemon:
     locks: ObjectLocks
     # What each runtime handler can do, read from `<runtime> features` at start.
     handler_features: dict[str, api_pb2.RuntimeHandlerFeatures] = field(default_factory=dict)
+    # What RuntimeDefault means for AppArmor on this host, for the runtime status.
+    apparmor: str = ""
     _lock_fd: int = -1
     _host_info: HostInfo | None = field(default=None, repr=False)
 
@@ -144,6 +147,7 @@ class Daemon:
             installed_default_config(self.config.cni.conf_dir, self.config.cni.default_subnet)
         await self.images.start()
         await recover(self.store, self.containers, self.sandboxes, self.intents, self.images.recover)
+        self.apparmor = await load_default_profile(APPARMOR_PARSER, self.config.timeouts.runtime)
         for name, runtime in self.containers.ctx.runtimes.items():
             handler = self.config.runtime.handlers[name]
             features = await runtime.features() or {} if is_executable(handler.path) else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,6 @@ from pycri.oci.spec_errors import SpecError
 if TYPE_CHECKING:
     from pycri.oci.spec_host import HostFacts
 
-log = logging.getLogger(__name__)
 
 # Index in this tuple is the capability's number in the kernel.
 ALL_CAPABILITIES: tuple[str, ...] = (
@@ -207,22 +205,22 @@ def apparmor_profile(
     host: HostFacts,
     field: str,
 ) -> str | None:
-    """process.apparmorProfile, or None. As containerd: asking for a profile on a host without AppArmor fails."""
+    """process.apparmorProfile, or None. Without AppArmor on the host, RuntimeDefault runs
+    unconfined by AppArmor (the runtime status says so) and a Localhost profile is refused."""
     profile = _chosen_profile(context, "apparmor", legacy, f"{field}.apparmor")
-    if not host.apparmor_enabled:
-        if profile is not None and profile.profile_type != profile.Unconfined:
-            raise SpecError(f"{field}.apparmor: AppArmor is not enabled on this host")
-        return None
     if profile is None:
         profile = api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.RuntimeDefault)
     if profile.profile_type == profile.Unconfined:
+        return None
+    if not host.apparmor_enabled:
+        if profile.profile_type == profile.Localhost:
+            raise SpecError(f"{field}.apparmor: AppArmor is not enabled on this host")
         return None
     if profile.profile_type == profile.RuntimeDefault:
         if context.privileged:
             return None
         if APPARMOR_DEFAULT_PROFILE not in host.apparmor_profiles:
-            log.warning("default AppArmor profile not loaded", extra={"fields": {"profile": APPARMOR_DEFAULT_PROFILE}})
-            return None
+            raise SpecError(f"{field}.apparmor: the default profile {APPARMOR_DEFAULT_PROFILE} is not loaded")
         return APPARMOR_DEFAULT_PROFILE
     name = profile.localhost_ref.removeprefix(_LOCALHOST_PREFIX)
     if name not in host.apparmor_profiles:

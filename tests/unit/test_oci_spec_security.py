@@ -345,13 +345,15 @@ def _apparmor(context: api_pb2.LinuxContainerSecurityContext, host: Any = HOST) 
 
 
 def test_apparmor_on_a_host_without_it() -> None:
+    """RuntimeDefault runs unconfined by AppArmor (the status says so); a Localhost profile is refused."""
     assert _apparmor(_context()) is None
     assert _apparmor(_context(apparmor=Profile(profile_type=Profile.Unconfined))) is None
     assert _apparmor(_context(apparmor_profile="unconfined")) is None
+    assert _apparmor(_context(apparmor=Profile(profile_type=Profile.RuntimeDefault))) is None
+    assert _apparmor(_context(apparmor_profile="runtime/default")) is None
     for context in (
-        _context(apparmor=Profile(profile_type=Profile.RuntimeDefault)),
         _context(apparmor=Profile(profile_type=Profile.Localhost, localhost_ref="custom")),
-        _context(apparmor_profile="runtime/default"),
+        _context(apparmor_profile="localhost/custom"),
     ):
         with pytest.raises(SpecError, match="linux.security_context.apparmor: AppArmor is not enabled on this host"):
             _apparmor(context)
@@ -369,7 +371,8 @@ def test_apparmor_on_a_host_with_it() -> None:
     with pytest.raises(SpecError, match="AppArmor profile 'absent' is not loaded"):
         _apparmor(_context(apparmor=missing), APPARMOR_HOST)
     without_default = replace(APPARMOR_HOST, apparmor_profiles=frozenset())
-    assert _apparmor(_context(), without_default) is None
+    with pytest.raises(SpecError, match="the default profile pycri-default is not loaded"):
+        _apparmor(_context(), without_default)  # never silently unconfined where AppArmor is on
 
 
 def test_container_spec_carries_the_choices(tmp_path: Path) -> None:

@@ -25,4 +25,5 @@ async def handle(daemon: Daemon, request: api_pb2.StatusRequest) -> api_pb2.Stat
         reply.info["config"] = json.dumps(dataclasses.asdict(daemon.config), default=str)
         reply.info["hostInfo"] = daemon.host_info().to_json()
         reply.info["podCIDR"] = json.dumps(daemon.network.pod_cidr)
+        reply.info["apparmor"] = json.dumps(daemon.apparmor)
     return reply
