@@ -16,7 +16,7 @@ MAX_UID_LENGTH = 128
 MAX_PATH_LENGTH = 4095  # PATH_MAX less its NUL
 
 
-def _has_control_character(value: str) -> bool:
+def has_control_character(value: str) -> bool:
     return any(ord(char) < 0x20 or ord(char) == 0x7F for char in value)
 
 
@@ -27,7 +27,7 @@ def check_name(value: str, field: str, max_length: int = MAX_NAME_LENGTH) -> Non
         raise InvalidArgument(f"{field} is required")
     if len(value) > max_length:
         raise InvalidArgument(f"{field}: {value[:32]!r}... is longer than {max_length} characters")
-    if "/" in value or ".." in value or value == "." or _has_control_character(value):
+    if "/" in value or ".." in value or value == "." or has_control_character(value):
         raise InvalidArgument(f"{field}: {value!r} may not hold '/', '..', NUL or control characters")
 
 

@@ -16,6 +16,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from pycri.errors import InvalidArgument
+
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
 OFFICIAL_REPO_PREFIX = "library/"
@@ -36,6 +38,7 @@ DOMAIN_RE = re.compile(rf"{_HOST}(?::[0-9]+)?")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-f0-9]+)")
 IMAGE_ID_RE = re.compile(r"(?:sha256:)?([a-f0-9]{64})")
+IMAGE_ID_PREFIX_RE = re.compile(r"(?:sha256:)?[a-f0-9]{1,64}")
 
 
 class InvalidReference(ValueError):
@@ -99,6 +102,9 @@ def parse_reference(text: str) -> Reference:
     remainder, at, digest = text.partition("@")
     if at:
         _validate_digest(digest, text)
+    elif "/" not in text and text.partition(":")[0] in DIGEST_HEX_LENGTHS:
+        # Grammatically the repository "sha256" with a tag; in truth a (perhaps mistyped) digest.
+        raise InvalidReference(f"invalid image reference {text!r}: a digest or image ID, not a repository name")
     name, tag = _split_tag(remainder)
     if tag is not None and not TAG_RE.fullmatch(tag):
         raise InvalidReference(f"invalid image reference {text!r}: invalid tag {tag!r}")
@@ -115,6 +121,19 @@ def parse_reference(text: str) -> Reference:
 def is_image_id(text: str) -> bool:
     """True when ``text`` is an image ID: 64 hex digits, bare or with the ``sha256:`` prefix."""
     return IMAGE_ID_RE.fullmatch(text) is not None
+
+
+def check_image_field(text: str, field: str) -> None:
+    """InvalidArgument naming `field` unless `text` is an image ID, a prefix of one (hex digits,
+    bare or after ``sha256:``) or a valid reference; what an image RPC may be asked about."""
+    if not text:
+        raise InvalidArgument(f"{field}: an image reference or ID is required")
+    if IMAGE_ID_PREFIX_RE.fullmatch(text):
+        return
+    try:
+        parse_reference(text)
+    except InvalidReference as exc:
+        raise InvalidArgument(f"{field}: {exc}") from None
 
 
 def canonical_image_id(text: str) -> str:

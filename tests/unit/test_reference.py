@@ -93,6 +93,10 @@ def test_with_digest_pins_a_tagged_reference() -> None:
         (f"busybox@{DIGEST}@{DIGEST}", "invalid digest"),
         ("a/" * 130 + "b", "longer than 255"),
         ("x" * 2000, "longer than"),
+        ("sha256:" + "ab" * 32, "a digest or image ID, not a repository name"),
+        ("sha256:zzz", "a digest or image ID, not a repository name"),
+        ("sha512:" + "ab" * 32 + "x", "a digest or image ID, not a repository name"),
+        ("busy\0box", "invalid repository name"),
     ],
 )
 def test_rejects_invalid_references_naming_the_input(text: str, reason: str) -> None:
