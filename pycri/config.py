@@ -87,6 +87,33 @@ class StreamingSection:
     port: int = 0
     # Seconds a URL from Exec, Attach or PortForward stays usable (once).
     token_ttl: float = 60.0
+    # Seconds a session may pass with no byte either way before it is dropped (kubelet's
+    # streaming-connection-idle-timeout default).
+    idle_timeout: float = 4 * 3600.0
+    # One WebSocket message, all fragments together; a larger one closes the connection (1009).
+    websocket_max_message_bytes: int = 16 * 1024 * 1024
+    # SPDY streams open at once on one connection; more are refused with REFUSED_STREAM.
+    spdy_max_streams: int = 128
+    # Client bytes one SPDY stream holds unread (and its largest data frame); when full, the
+    # connection stops reading until the stream's reader catches up.
+    spdy_stream_buffer_bytes: int = 256 * 1024
+    # Both set: the server speaks HTTPS (the URLs say https://). PEM files.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.idle_timeout < float("inf"):
+            raise ConfigError(f"config key 'streaming.idle_timeout': expected seconds > 0, got {self.idle_timeout!r}")
+        sizes = [
+            ("websocket_max_message_bytes", self.websocket_max_message_bytes, 1),
+            ("spdy_max_streams", self.spdy_max_streams, 1),
+            ("spdy_stream_buffer_bytes", self.spdy_stream_buffer_bytes, 64 * 1024),
+        ]
+        for name, value, least in sizes:
+            if value < least:
+                raise ConfigError(f"config key 'streaming.{name}': expected >= {least}, got {value!r}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("config keys 'streaming.tls_cert_file' and 'streaming.tls_key_file' go together")
 
 
 @dataclass

@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from pycri.api import api_pb2
 from pycri.stream import portforward, remotecommand
+from pycri.stream.limits import ConnectionLimits, IdleWatch
 from pycri.stream.remotecommand import CommandStreams, Outcome, StreamOptions
-from pycri.stream.spdy_session import ByteStream, SpdySession, TcpByteStream
+from pycri.stream.spdy_session import DEFAULT_LIMITS, ByteStream, SpdySession, TcpByteStream
 from pycri.stream.tokens import TokenCache
 from pycri.stream.websocket import ChannelWebSocket, WebSocket, WebSocketByteStream, accept_key
 
@@ -49,6 +51,13 @@ class SessionRunner(Protocol):
 
 class BadRequest(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    idle: IdleWatch
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,29 @@ def parse_request_head(head: bytes) -> HttpRequest:
     return HttpRequest(parts[0], target.path, parse_qs(target.query), headers)
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    address: str
+    port: int
+    limits: ConnectionLimits = DEFAULT_LIMITS
+    # Set: HTTPS only.
+    tls: ssl.SSLContext | None = None
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for a PEM certificate (chain) and key; OSError or ssl.SSLError when they do not load."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 class StreamServer:
-    def __init__(self, address: str, port: int, tokens: TokenCache[StreamRequest], sessions: SessionRunner) -> None:
-        self._address = address
-        self._port = port
+    def __init__(self, options: ServerOptions, tokens: TokenCache[StreamRequest], sessions: SessionRunner) -> None:
+        self._address = options.address
+        self._port = options.port
+        self._limits = options.limits
+        self._tls = options.tls
         self._tokens = tokens
         self._sessions = sessions
         self._server: asyncio.Server | None = None
@@ -95,8 +123,9 @@ class StreamServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve_connection, self._address, self._port, limit=MAX_REQUEST_HEAD
-        )
+            self._serve_connection, self._address, self._port, limit=MAX_REQUEST_HEAD, ssl=self._tls,
+            ssl_handshake_timeout=REQUEST_HEAD_TIMEOUT if self._tls else None,
+        )  # fmt: skip
         self._port = self._server.sockets[0].getsockname()[1]
         log.info("streaming server listening", extra={"fields": {"url": self.base_url}})
 
@@ -112,7 +141,7 @@ class StreamServer:
     @property
     def base_url(self) -> str:
         host = self._address if ipaddress.ip_address(self._address).version == 4 else f"[{self._address}]"
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{self._port}"
 
     def url(self, request: StreamRequest) -> str:
         """A one-time URL for `request`."""
@@ -123,15 +152,18 @@ class StreamServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        idle = IdleWatch(self._limits.idle_timeout, writer.transport.abort)
+        watching = asyncio.create_task(idle.run())
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, idle)
         except Exception:
             log.exception("streaming connection failed")
         finally:
             self._connections.discard(task)
+            watching.cancel()
             writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle: IdleWatch) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_HEAD_TIMEOUT)
             http = parse_request_head(head)
@@ -153,27 +185,32 @@ class StreamServer:
             await _respond(writer, 400, "Bad Request", f"unable to upgrade: unsupported protocol {upgrade!r}\n")
             return
         log.info("streaming session", extra={"fields": {"kind": kind, "upgrade": upgrade}})
+        connection = _Connection(reader, writer, idle)
         if isinstance(request, api_pb2.PortForwardRequest):
-            await self._serve_port_forward(http, request, reader, writer)
+            await self._serve_port_forward(http, request, connection)
         else:
-            await self._serve_command(http, request, reader, writer)
+            await self._serve_command(http, request, connection)
 
-    async def _serve_command(
-        self, http: HttpRequest, request: CommandRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _websocket(self, connection: _Connection, subprotocol: str) -> WebSocket:
+        max_message = self._limits.websocket_max_message_bytes
+        return WebSocket(connection.reader, connection.writer, subprotocol, max_message, connection.idle)
+
+    async def _serve_command(self, http: HttpRequest, request: CommandRequest, connection: _Connection) -> None:
+        reader, writer = connection.reader, connection.writer
         options = StreamOptions(request.stdin, request.stdout, request.stderr and not request.tty, request.tty)
         streams: CommandStreams | None
         if http.header("upgrade").lower() == "websocket":
-            websocket = await _accept_websocket(http, reader, writer, tuple(remotecommand.WEBSOCKET_PROTOCOLS))
-            if websocket is None:
+            protocol = await _accept_websocket(http, writer, tuple(remotecommand.WEBSOCKET_PROTOCOLS))
+            if protocol is None:
                 return
+            websocket = self._websocket(connection, protocol)
             streams = remotecommand.WebSocketCommandStreams(websocket, options)
             await streams.finish(await self._sessions.run_command(request, streams))
             return
         protocol = await _accept_spdy(http, writer, remotecommand.SPDY_PROTOCOLS)
         if protocol is None:
             return
-        session = SpdySession(TcpByteStream(reader, writer))
+        session = SpdySession(TcpByteStream(reader, writer, connection.idle), self._limits)
         serving = asyncio.create_task(session.serve())
         try:
             streams = await remotecommand.accept_spdy_command_streams(session, serving, options, protocol)
@@ -183,9 +220,9 @@ class StreamServer:
             serving.cancel()
 
     async def _serve_port_forward(
-        self, http: HttpRequest, request: api_pb2.PortForwardRequest, reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:  # fmt: skip
+        self, http: HttpRequest, request: api_pb2.PortForwardRequest, connection: _Connection
+    ) -> None:
+        reader, writer = connection.reader, connection.writer
         try:
             pod, connect = self._sessions.pod_connector(request)
         except OSError as error:
@@ -194,9 +231,10 @@ class StreamServer:
         transport: ByteStream
         if http.header("upgrade").lower() == "websocket":
             supported = (portforward.TUNNEL_PROTOCOL, *portforward.WEBSOCKET_PROTOCOLS)
-            websocket = await _accept_websocket(http, reader, writer, supported)
-            if websocket is None:
+            protocol = await _accept_websocket(http, writer, supported)
+            if protocol is None:
                 return
+            websocket = self._websocket(connection, protocol)
             if websocket.subprotocol != portforward.TUNNEL_PROTOCOL:
                 ports = list(request.port) or [int(port) for port in http.query.get("port", []) if port.isdigit()]
                 channels = ChannelWebSocket(websocket, portforward.WEBSOCKET_PROTOCOLS[websocket.subprotocol])
@@ -206,8 +244,8 @@ class StreamServer:
         else:
             if await _accept_spdy(http, writer, portforward.SPDY_PROTOCOLS) is None:
                 return
-            transport = TcpByteStream(reader, writer)
-        session = SpdySession(transport)
+            transport = TcpByteStream(reader, writer, connection.idle)
+        session = SpdySession(transport, self._limits)
         serving = asyncio.create_task(session.serve())
         try:
             await portforward.serve_spdy(session, pod, connect)
@@ -239,9 +277,8 @@ async def _accept_spdy(http: HttpRequest, writer: asyncio.StreamWriter, supporte
     return protocol
 
 
-async def _accept_websocket(
-    http: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, supported: tuple[str, ...]
-) -> WebSocket | None:
+async def _accept_websocket(http: HttpRequest, writer: asyncio.StreamWriter, supported: tuple[str, ...]) -> str | None:
+    """Answer the upgrade to a WebSocket; the negotiated subprotocol, or None (refused)."""
     key = http.header("sec-websocket-key")
     if http.method != "GET" or not key or http.header("sec-websocket-version") != "13":
         await _respond(writer, 400, "Bad Request", "unable to upgrade: not a WebSocket version 13 handshake\n")
@@ -256,7 +293,7 @@ async def _accept_websocket(
     if protocol:
         headers["Sec-WebSocket-Protocol"] = protocol
     await _respond(writer, 101, "Switching Protocols", "", headers)
-    return WebSocket(reader, writer, protocol)
+    return protocol
 
 
 async def _respond(

@@ -7,7 +7,7 @@ import functools
 import logging
 
 from pycri.api import api_pb2
-from pycri.config import Config
+from pycri.config import Config, StreamingSection
 from pycri.container.service import ContainerService
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
 from pycri.sandbox.service import SandboxService
@@ -15,12 +15,26 @@ from pycri.state.containers import ContainerRecord, ContainerState
 from pycri.state.sandboxes import SandboxState
 from pycri.stream.attach import run_attach
 from pycri.stream.exec import run_exec
+from pycri.stream.limits import ConnectionLimits
 from pycri.stream.portforward import PodConnector, connect_in_netns
 from pycri.stream.remotecommand import CommandStreams, Outcome
-from pycri.stream.server import CommandRequest, StreamRequest, StreamServer
+from pycri.stream.server import CommandRequest, ServerOptions, StreamRequest, StreamServer, tls_context
 from pycri.stream.tokens import TokenCache
 
 log = logging.getLogger(__name__)
+
+
+def server_options(section: StreamingSection) -> ServerOptions:
+    limits = ConnectionLimits(
+        websocket_max_message_bytes=section.websocket_max_message_bytes,
+        spdy_max_streams=section.spdy_max_streams,
+        spdy_stream_buffer_bytes=section.spdy_stream_buffer_bytes,
+        idle_timeout=section.idle_timeout,
+    )
+    tls = None
+    if section.tls_cert_file is not None and section.tls_key_file is not None:
+        tls = tls_context(str(section.tls_cert_file), str(section.tls_key_file))
+    return ServerOptions(section.address, section.port, limits, tls)
 
 
 class StreamService:
@@ -28,7 +42,7 @@ class StreamService:
         self._containers = containers
         self._sandboxes = sandboxes
         tokens: TokenCache[StreamRequest] = TokenCache(config.streaming.token_ttl)
-        self.server = StreamServer(config.streaming.address, config.streaming.port, tokens, self)
+        self.server = StreamServer(server_options(config.streaming), tokens, self)
 
     async def start(self) -> None:
         await self.server.start()

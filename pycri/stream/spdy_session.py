@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from typing import Protocol
 
+from pycri.stream.limits import ConnectionLimits, IdleWatch
 from pycri.stream.spdy import (
     DataFrame,
     Frame,
@@ -31,12 +32,12 @@ from pycri.stream.spdy import (
 
 log = logging.getLogger(__name__)
 
-# Bytes a stream holds for a slow reader before the connection stops reading (as spdystream does).
-STREAM_BUFFER_LIMIT = 1 << 20
 DATA_FRAME_SIZE = 32 * 1024
 # How long an ending connection waits for the client to close its side.
 CLOSE_WAIT_SECONDS = 5.0
 GOAWAY_PROTOCOL_ERROR = 1
+MIN_FRAME_LIMIT = 64 * 1024
+DEFAULT_LIMITS = ConnectionLimits()
 
 
 class ByteStream(Protocol):
@@ -58,20 +59,28 @@ class ByteStream(Protocol):
 
 
 class TcpByteStream:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle: IdleWatch | None = None
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._idle = idle
         self._write_closed = False
 
     async def read(self) -> bytes:
         try:
-            return await self._reader.read(65536)
+            data = await self._reader.read(65536)
         except ConnectionError:
             return b""
+        if data and self._idle is not None:
+            self._idle.touch()
+        return data
 
     def write(self, data: bytes) -> None:
         if not self._write_closed and not self._writer.is_closing():
             self._writer.write(data)
+            if self._idle is not None:
+                self._idle.touch()
 
     async def drain(self) -> None:
         with contextlib.suppress(ConnectionError):
@@ -146,14 +155,17 @@ class SpdyStream:
     # ---- for the session ----
 
     async def _receive(self, data: bytes) -> None:
+        """Buffer `data` once there is room; until then the session reads nothing more (backpressure)."""
+        while self._buffered and self._buffered + len(data) > self._session.stream_buffer_limit:
+            if self._client_done:
+                return
+            self._changed.clear()
+            await self._changed.wait()
         if self._client_done or not data:
             return
         self._chunks.append(data)
         self._buffered += len(data)
         self._changed.set()
-        while self._buffered > STREAM_BUFFER_LIMIT and not self._client_done:
-            self._changed.clear()
-            await self._changed.wait()
 
     def _end(self) -> None:
         self._client_done = True
@@ -170,10 +182,14 @@ class SpdyStream:
 
 
 class SpdySession:
-    def __init__(self, transport: ByteStream) -> None:
+    def __init__(self, transport: ByteStream, limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
         self._transport = transport
+        self._max_streams = limits.spdy_max_streams
+        self.stream_buffer_limit = limits.spdy_stream_buffer_bytes
         self._encoder = FrameEncoder()
-        self._decoder = FrameDecoder()
+        # A data frame is buffered whole, so none may be larger than a stream's buffer; control
+        # frames (compressed header blocks) get at least the room SPDY's own limits need.
+        self._decoder = FrameDecoder(max(self.stream_buffer_limit, MIN_FRAME_LIMIT))
         self._streams: dict[int, SpdyStream] = {}
         self._incoming: asyncio.Queue[SpdyStream | None] = asyncio.Queue()
         self._last_stream_id = 0
@@ -187,6 +203,11 @@ class SpdySession:
 
     async def drain(self) -> None:
         await self._transport.drain()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Client data held for streams nobody has read yet."""
+        return sum(stream._buffered for stream in self._streams.values())
 
     async def accept(self) -> SpdyStream | None:
         """The next stream the client opens; None once the connection is over."""
@@ -232,6 +253,10 @@ class SpdySession:
                     self.send(RstStream(stream_id, RstStatus.PROTOCOL_ERROR))
                     return
                 self._last_stream_id = stream_id
+                if len(self._streams) >= self._max_streams:
+                    log.info("SPDY stream refused: too many open", extra={"fields": {"limit": self._max_streams}})
+                    self.send(RstStream(stream_id, RstStatus.REFUSED_STREAM))
+                    return
                 stream = SpdyStream(self, stream_id, headers, client_done=fin)
                 self._streams[stream_id] = stream
                 self._incoming.put_nowait(stream)

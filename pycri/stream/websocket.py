@@ -10,9 +10,12 @@ import contextlib
 import enum
 import hashlib
 import struct
+from collections import deque
 from dataclasses import dataclass
 
-MAX_MESSAGE_SIZE = 16 << 20
+from pycri.stream.limits import ConnectionLimits, IdleWatch
+
+MAX_MESSAGE_SIZE = ConnectionLimits.websocket_max_message_bytes
 CLOSE_WAIT_SECONDS = 5.0
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -124,13 +127,20 @@ class FrameParser:
 class WebSocket:
     """A server-side connection after the handshake. One task at a time calls `receive`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, subprotocol: str) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, subprotocol: str,
+        max_message_size: int = MAX_MESSAGE_SIZE, idle: IdleWatch | None = None,
+    ) -> None:  # fmt: skip
         self.subprotocol = subprotocol
         self._reader = reader
         self._writer = writer
-        self._parser = FrameParser()
-        self._pending: list[WsFrame] = []
+        self._max_message_size = max_message_size
+        self._idle = idle
+        self._parser = FrameParser(max_message_size)
+        self._pending: deque[WsFrame] = deque()
+        # The message being reassembled: its fragments and their total size (kept, not re-summed).
         self._fragments: list[bytes] = []
+        self._fragments_size = 0
         self._fragment_opcode = Opcode.BINARY
         self._close_sent = False
         self._receiving = False
@@ -158,9 +168,11 @@ class WebSocket:
                     data = b""
                 if not data:
                     break
-                self._pending = self._parser.feed(data)
+                if self._idle is not None:
+                    self._idle.touch()
+                self._pending.extend(self._parser.feed(data))
                 continue
-            frame = self._pending.pop(0)
+            frame = self._pending.popleft()
             match frame.opcode:
                 case Opcode.PING:
                     self._send(Opcode.PONG, frame.payload)
@@ -180,6 +192,7 @@ class WebSocket:
                         raise WebSocketError("new message before the last one ended")
                     self._fragment_opcode = frame.opcode
                     self._fragments = [b""]
+                    self._fragments_size = 0
                     message = self._collect(frame)
                     if message is not None:
                         return message
@@ -187,13 +200,15 @@ class WebSocket:
         return None
 
     def _collect(self, frame: WsFrame) -> tuple[Opcode, bytes] | None:
+        self._fragments_size += len(frame.payload)
+        if self._fragments_size > self._max_message_size:
+            raise WebSocketError(f"message is over the {self._max_message_size} byte limit", CloseCode.TOO_BIG)
         self._fragments.append(frame.payload)
-        if sum(map(len, self._fragments)) > MAX_MESSAGE_SIZE:
-            raise WebSocketError("message is over the limit", CloseCode.TOO_BIG)
         if not frame.fin:
             return None
         message = b"".join(self._fragments)
         self._fragments = []
+        self._fragments_size = 0
         return self._fragment_opcode, message
 
     def send(self, payload: bytes, opcode: Opcode = Opcode.BINARY) -> None:
@@ -232,6 +247,8 @@ class WebSocket:
     def _send(self, opcode: Opcode, payload: bytes) -> None:
         if not self._writer.is_closing():
             self._writer.write(encode_frame(opcode, payload))
+            if self._idle is not None:
+                self._idle.touch()
 
 
 class WebSocketByteStream:

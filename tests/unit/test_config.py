@@ -82,6 +82,13 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("[streaming]\nport = 70000", "streaming.port"),
         ("[streaming]\ntoken_ttl = 0", "streaming.token_ttl"),
         ("[streaming]\naddress = 'localhost'", "streaming.address"),
+        ("[streaming]\nidle_timeout = 0", "streaming.idle_timeout"),
+        ("[streaming]\nidle_timeout = inf", "streaming.idle_timeout"),
+        ("[streaming]\nwebsocket_max_message_bytes = 0", "streaming.websocket_max_message_bytes"),
+        ("[streaming]\nspdy_max_streams = 0", "streaming.spdy_max_streams"),
+        ("[streaming]\nspdy_stream_buffer_bytes = 1024", "streaming.spdy_stream_buffer_bytes"),
+        ("[streaming]\ntls_cert_file = '/etc/pycri/cert.pem'", "streaming.tls_cert_file"),
+        ("[streaming]\ntls_key_file = 'key.pem'", "streaming.tls_key_file"),
         ("runtime = 3", "runtime"),
         ("[timeouts]\nruntime = 0", "timeouts.runtime"),
         ("[timeouts]\nconmon_create = -1.5", "timeouts.conmon_create"),
@@ -99,6 +106,31 @@ def test_values_are_read(tmp_path: Path) -> None:
 def test_bad_key_or_value_is_named(tmp_path: Path, text: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.").replace("[", r"\[")):
         load_config(write(tmp_path, text))
+
+
+def test_streaming_limits_are_read(tmp_path: Path) -> None:
+    text = """
+        [streaming]
+        idle_timeout = 30
+        websocket_max_message_bytes = 4096
+        spdy_max_streams = 8
+        spdy_stream_buffer_bytes = 65536
+        tls_cert_file = "/etc/pycri/stream.crt"
+        tls_key_file = "/etc/pycri/stream.key"
+    """
+    streaming = load_config(write(tmp_path, text)).streaming
+    assert streaming.idle_timeout == 30.0
+    assert (streaming.websocket_max_message_bytes, streaming.spdy_max_streams) == (4096, 8)
+    assert streaming.spdy_stream_buffer_bytes == 65536
+    assert (streaming.tls_cert_file, streaming.tls_key_file) == (Path("/etc/pycri/stream.crt"), Path("/etc/pycri/stream.key"))
+
+
+def test_streaming_defaults() -> None:
+    streaming = Config().streaming
+    assert streaming.idle_timeout == 4 * 3600
+    assert streaming.websocket_max_message_bytes == 16 * 1024 * 1024
+    assert (streaming.spdy_max_streams, streaming.spdy_stream_buffer_bytes) == (128, 256 * 1024)
+    assert streaming.tls_cert_file is None and streaming.tls_key_file is None
 
 
 def test_timeouts_and_conmon_cgroup_are_read(tmp_path: Path) -> None:
