@@ -61,11 +61,13 @@ class GarbageCollector:
 
     async def collect(self, blobs: list[str], chains: list[str]) -> tuple[int, int]:
         """Delete those of `blobs` and of the snapshots `chains` that exist and nothing references."""
-        blobs_kept, chains_kept = await self._metadata.referenced()
-        in_use = set(self._pulling)
-        doomed_blobs = [d for d in blobs if d not in blobs_kept and d not in in_use]
-        doomed_chains = [c for c in chains if c not in chains_kept and c not in in_use]
-        doomed_blobs, doomed_chains = await asyncio.to_thread(self._delete, doomed_blobs, doomed_chains)
+        # Leases wait meanwhile: one taken after the references are read would not save its snapshots.
+        async with self._metadata.sweeping:
+            blobs_kept, chains_kept = await self._metadata.referenced()
+            in_use = set(self._pulling)
+            doomed_blobs = [d for d in blobs if d not in blobs_kept and d not in in_use]
+            doomed_chains = [c for c in chains if c not in chains_kept and c not in in_use]
+            doomed_blobs, doomed_chains = await asyncio.to_thread(self._delete, doomed_blobs, doomed_chains)
         if doomed_blobs or doomed_chains:
             log.info(
                 "collected garbage",

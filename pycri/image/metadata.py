@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycri.errors import NotFound
 from pycri.state.intents import Intent, delete_intent
 from pycri.state.store import Store
 
@@ -137,8 +138,11 @@ def delete_leases(db: sqlite3.Connection, owner: str) -> None:
 
 
 class ImageMetadata:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, snapshot_exists: Callable[[str], bool] | None = None) -> None:
+        """`snapshot_exists(chain_id)` says whether a snapshot is on disk; leases check it."""
         self._store = store
+        self._snapshot_exists = snapshot_exists
+        self._sweeping = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._images: dict[str, ImageRecord] = {}
         self._names: dict[str, str] = {}  # tag or repo digest -> image id
@@ -184,8 +188,26 @@ class ImageMetadata:
         """(blobs, chain IDs) that images and snapshot leases keep, read on the writer thread."""
         return await self._store.write(referenced)
 
+    @property
+    def sweeping(self) -> asyncio.Lock:
+        """Held by garbage collection from reading the references until its deletions are done."""
+        return self._sweeping
+
     async def lease_snapshots(self, owner: str, chain_ids: builtins.list[str]) -> None:
-        await self._store.write(lambda db: insert_leases(db, owner, chain_ids))
+        """Lease the snapshots to `owner`, or raise NotFound when one is gone. Waits for a sweep
+        under way: a snapshot that lost its image between a caller's lookup and this lease
+        (RemoveImage racing CreateContainer) is then either deleted, and refused here, or
+        leased before the next sweep reads the references; never mounted while it is deleted."""
+        async with self._sweeping:
+            if self._snapshot_exists is not None:
+                exists = self._snapshot_exists
+                gone = await asyncio.to_thread(lambda: [chain_id for chain_id in chain_ids if not exists(chain_id)])
+                if gone:
+                    raise NotFound(
+                        f"the image was removed while {owner} was being made from it: its snapshot {gone[0]}"
+                        " is gone; pull the image again"
+                    )
+            await self._store.write(lambda db: insert_leases(db, owner, chain_ids))
 
     async def release_snapshots(self, owner: str) -> None:
         await self._store.write(lambda db: delete_leases(db, owner))

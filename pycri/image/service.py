@@ -70,7 +70,7 @@ class ImageService:
         self._intents = IntentLog(store)
         self.content = ContentStore(config.root_dir)
         self.snapshots = SnapshotStore(config.root_dir, self._intents)
-        self.metadata = ImageMetadata(store)
+        self.metadata = ImageMetadata(store, self.snapshots.has)
         self._collector = GarbageCollector(self.content, self.snapshots, self.metadata, gc_grace_seconds)
         self._changes = ChangeWatch(config.root_dir)
         self._stale = False
