@@ -115,6 +115,11 @@ class SpdyStream:
         return values[0] if values else ""
 
     @property
+    def buffered(self) -> int:
+        """Client bytes received and not read yet."""
+        return self._buffered
+
+    @property
     def stream_type(self) -> str:
         return self.header("streamtype")
 
@@ -207,7 +212,7 @@ class SpdySession:
     @property
     def buffered_bytes(self) -> int:
         """Client data held for streams nobody has read yet."""
-        return sum(stream._buffered for stream in self._streams.values())
+        return sum(stream.buffered for stream in self._streams.values())
 
     async def accept(self) -> SpdyStream | None:
         """The next stream the client opens; None once the connection is over."""

@@ -122,7 +122,8 @@ def test_streaming_limits_are_read(tmp_path: Path) -> None:
     assert streaming.idle_timeout == 30.0
     assert (streaming.websocket_max_message_bytes, streaming.spdy_max_streams) == (4096, 8)
     assert streaming.spdy_stream_buffer_bytes == 65536
-    assert (streaming.tls_cert_file, streaming.tls_key_file) == (Path("/etc/pycri/stream.crt"), Path("/etc/pycri/stream.key"))
+    assert streaming.tls_cert_file == Path("/etc/pycri/stream.crt")
+    assert streaming.tls_key_file == Path("/etc/pycri/stream.key")
 
 
 def test_streaming_defaults() -> None:
@@ -195,3 +196,31 @@ def test_rendered_default_is_valid_toml() -> None:
     rendered = tomllib.loads(config_to_toml(Config()))
     assert rendered["socket"] == "/run/pycri/pycri.sock"
     assert rendered["timeouts"] == {"runtime": 60.0, "conmon_create": 120.0, "cni": 120.0, "stop_exit_wait": 10.0}
+
+
+def test_image_limits_and_unpack_workers(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    limits = config.images.limits
+    assert config.images.unpack_workers == 2
+    assert (limits.pax_header_max_bytes, limits.path_max_bytes) == (1 << 20, 4096)
+    assert (limits.entries_per_layer_max, limits.config_max_bytes) == (1_000_000, 8 << 20)
+    assert (limits.layer_unpacked_max_bytes, limits.image_unpacked_max_bytes) == (64 << 30, 128 << 30)
+    text = "[images]\nunpack_workers = 4\n[images.limits]\npath_max_bytes = 1024\n"
+    config = load_config(write(tmp_path, text))
+    assert (config.images.unpack_workers, config.images.limits.path_max_bytes) == (4, 1024)
+    assert load_config(write(tmp_path, config_to_toml(config))) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[images]\nunpack_workers = 0", "images.unpack_workers"),
+        ("[images.limits]\npax_header_max_bytes = 0", "images.limits.pax_header_max_bytes"),
+        ("[images.limits]\nentries_per_layer_max = -1", "images.limits.entries_per_layer_max"),
+        ("[images.limits]\nimage_unpacked_max_bytes = '1G'", "images.limits.image_unpacked_max_bytes"),
+        ("[images.limits]\nmanifest_max_bytes = 1", "images.limits.manifest_max_bytes"),
+    ],
+)
+def test_bad_image_limits_name_their_key(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(write(tmp_path, text))
