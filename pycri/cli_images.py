@@ -63,12 +63,12 @@ def add_images_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 def run_images(config: Config, args: argparse.Namespace) -> int:
     from pycri.errors import PycriError
     from pycri.image.service import ImageService
-    from pycri.state.store import Store, StoreError
+    from pycri.state.store import Store, StoreError, make_private_dir
 
     if args.log_level is None:  # the config's level is the daemon's; a command talks only of problems
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        config.root_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        make_private_dir(config.root_dir)
         store = Store(config.db_path)
     except (OSError, sqlite3.Error, StoreError) as exc:
         print(f"pycri: {config.db_path}: {exc}", file=sys.stderr)

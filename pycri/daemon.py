@@ -29,11 +29,10 @@ from pycri.sandbox.pause import PauseProcesses
 from pycri.sandbox.service import SandboxService
 from pycri.state.intents import IntentLog
 from pycri.state.memory import StateStore
-from pycri.state.store import Store
+from pycri.state.store import Store, make_private_dir
 from pycri.stream.service import StreamService
 
 log = logging.getLogger(__name__)
-PRIVATE_DIR_MODE = 0o700
 
 
 class AlreadyRunning(RuntimeError):
@@ -52,13 +51,6 @@ def _lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def make_private_dir(path: Path) -> None:
-    """`path` as a directory only root can enter; a dir an older pycri made searchable is narrowed.
-    What lies below (the db, pods' /dev/shm, container files) is then out of other local users' reach."""
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
-    path.chmod(PRIVATE_DIR_MODE)
 
 
 def container_runtimes(config: Config) -> dict[str, ContainerRuntime]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 from pycri.image.service import ImageService
@@ -37,5 +38,8 @@ def make_layer_dirs(parent: Path) -> None:
 
 
 def write_bundle(bundle: Path, spec: dict[str, object]) -> None:
+    """config.json carries the container's environment (secrets): only root may read it."""
     bundle.mkdir(parents=True, mode=0o700, exist_ok=True)
-    (bundle / "config.json").write_text(json.dumps(spec))
+    fd = os.open(bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as spec_file:
+        json.dump(spec, spec_file)

@@ -25,7 +25,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 def mount_shm(path: Path) -> None:
     """Mount a fresh tmpfs (64 MiB, mode 1777, nosuid, nodev, noexec) on a new dir at `path`."""
-    path.mkdir(mode=0o755)
+    path.mkdir(mode=0o700)
     options = f"mode=1777,size={SHM_SIZE_BYTES}".encode()
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     if _libc.mount(b"shm", os.fsencode(path), b"tmpfs", flags, options) != 0:

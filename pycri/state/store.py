@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from pycri.state.schema import MIGRATIONS
 
 T = TypeVar("T")
+PRIVATE_DIR_MODE = 0o700
 
 # The database holds container environments (secrets): owner only. SQLite gives the -wal and -shm
 # files the mode of the database file.
@@ -119,3 +120,10 @@ def _restrict_db_files(path: Path) -> None:
     for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIDE_FILES)):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(file, DB_FILE_MODE)
+
+
+def make_private_dir(path: Path) -> None:
+    """`path` as a directory only root can enter; a dir an older pycri made searchable is narrowed.
+    What lies below (the db, pods' /dev/shm, container files) is then out of other local users' reach."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    path.chmod(PRIVATE_DIR_MODE)

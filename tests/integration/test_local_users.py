@@ -41,7 +41,6 @@ OPEN_PATHS: dict[str, str] = {
     "state/sandboxes/*/netns": "a pinned namespace: nsfs shows its files as 0444",
     "state/pycri.sock": "the CRI socket: its group may call pycri",
     "state/runc/*": "runc's own state dir for a container (0711; runc makes it)",
-    "state/containers/*/config.json": "written by container/rootfs.py write_bundle with the umask's mode (0644)",
     "state/containers/*/conmon.pid": "written by conmon (0644)",
     "state/containers/*/container.pid": "written by runc (0644)",
     "state/containers/*/ctl": "conmon's control FIFO (0640)",
