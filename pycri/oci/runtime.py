@@ -26,7 +26,9 @@ from pycri.process_exit import exit_status, kill_session
 
 log = logging.getLogger(__name__)
 
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+# ExecSync's stdout and stderr together: the CRI's 16 MiB message, less room for the reply's
+# framing (two length-prefixed byte fields and the exit code take at most 21 bytes).
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024 - 64
 # Processes forked by an exec'd command may keep its output pipes open after it exits;
 # exec_sync stops reading at most this long after the runtime has returned.
 EXEC_OUTPUT_DRAIN_SECONDS = 2.0
@@ -313,7 +315,11 @@ class OciRuntime:
             if await self.state(container_id) is None:
                 raise ContainerNotFoundError(f"{self.handler.name} exec {container_id}: {error_line}", error_line)
             raise OciRuntimeError(f"{self.handler.name} exec {container_id}: {error_line}", error_line)
-        return ExecResult(exit_code=returncode, stdout=bytes(stdout), stderr=bytes(stderr))
+        kept_stdout, kept_stderr = fit_exec_output(bytes(stdout), bytes(stderr), EXEC_OUTPUT_LIMIT)
+        if len(kept_stdout) + len(kept_stderr) < len(stdout) + len(stderr):
+            fields = {"container_id": container_id, "limit_bytes": EXEC_OUTPUT_LIMIT}
+            log.info("exec output truncated", extra={"fields": fields})
+        return ExecResult(exit_code=returncode, stdout=kept_stdout, stderr=kept_stderr)
 
     def _command(self, log_file: Path, args: Sequence[str]) -> list[str]:
         systemd = ["--systemd-cgroup"] if self.handler.systemd_cgroup else []
@@ -359,7 +365,21 @@ class OciRuntime:
         raise OciRuntimeError(message, detail)
 
 
+def fit_exec_output(stdout: bytes, stderr: bytes, limit: int) -> tuple[bytes, bytes]:
+    """The first bytes of each stream, at most `limit` together (as containerd, output past the
+    cap is dropped, not an error). A stream of at most half the limit is kept whole; the other gets the rest."""
+    if len(stdout) + len(stderr) <= limit:
+        return stdout, stderr
+    half = limit // 2
+    if len(stderr) <= half:
+        return stdout[: limit - len(stderr)], stderr
+    if len(stdout) <= half:
+        return stdout, stderr[: limit - len(stdout)]
+    return stdout[:half], stderr[: limit - half]
+
+
 async def _collect(stream: asyncio.StreamReader, sink: bytearray) -> None:
+    """Keep the first EXEC_OUTPUT_LIMIT bytes; read (and drop) the rest so the writer never blocks."""
     while chunk := await stream.read(65536):
         room = EXEC_OUTPUT_LIMIT - len(sink)
         if room > 0:
