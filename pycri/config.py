@@ -66,6 +66,24 @@ class CniSection:
 
 
 @dataclass
+class ImageLimits:
+    """Caps on what one pulled or imported image may make pycri hold or write: layers come
+    from outside, and a small gzip can inflate to any size."""
+
+    # One PAX extended header (its records: path, linkpath, xattrs); Go's archive/tar allows 1 MiB too.
+    pax_header_max_bytes: int = 1024 * 1024
+    # A member's path or link target, and so a GNU long name or link record: Linux's PATH_MAX.
+    path_max_bytes: int = 4096
+    # Members of one layer tar; the largest distribution images hold a few hundred thousand.
+    entries_per_layer_max: int = 1_000_000
+    # File data one layer unpacks to, and all the layers of one image together.
+    layer_unpacked_max_bytes: int = 64 * 1024**3
+    image_unpacked_max_bytes: int = 128 * 1024**3
+    # An image config blob, read whole into memory to be parsed (real ones take a few KiB).
+    config_max_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass
 class ImageSection:
     platform: str = "linux/amd64"
     max_concurrent_downloads: int = 3
@@ -76,6 +94,9 @@ class ImageSection:
     # Registry host -> endpoint URLs that serve it instead (no fallback to the host itself).
     mirrors: dict[str, list[str]] = field(default_factory=dict)
     pull_timeout: float = 600.0
+    # Threads that unpack layers (each also uses a thread to decompress); pulls beyond wait.
+    unpack_workers: int = 2
+    limits: ImageLimits = field(default_factory=ImageLimits)
 
 
 @dataclass
@@ -243,6 +264,11 @@ def _validate(config: Config) -> None:
             raise bad(key, value, "expected seconds > 0")
     if config.images.max_concurrent_downloads < 1:
         raise bad("images.max_concurrent_downloads", config.images.max_concurrent_downloads, "expected >= 1")
+    if config.images.unpack_workers < 1:
+        raise bad("images.unpack_workers", config.images.unpack_workers, "expected >= 1")
+    for limit in dataclasses.fields(ImageLimits):
+        if getattr(config.images.limits, limit.name) < 1:
+            raise bad(f"images.limits.{limit.name}", getattr(config.images.limits, limit.name), "expected >= 1")
     if config.images.platform.count("/") not in (1, 2):
         raise bad("images.platform", config.images.platform, "expected os/arch or os/arch/variant")
     if not 0 <= config.streaming.port <= 65535:

@@ -17,11 +17,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import yarl
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ TOKEN_LIFETIME_MIN = 60.0
 # Tokens are refreshed this long before they expire, so a slow request does not carry a dead one.
 TOKEN_EXPIRY_MARGIN = 5.0
 OAUTH_CLIENT_ID = "pycri"
+REDIRECTS_MAX = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
@@ -48,6 +51,8 @@ class Credentials:
     password: str = field(default="", repr=False)
     identity_token: str = field(default="", repr=False)
     registry_token: str = field(default="", repr=False)
+    # The registry host they are for (AuthConfig.server_address); empty: the image's registry.
+    server: str = ""
 
     @classmethod
     def from_auth_config(
@@ -57,12 +62,14 @@ class Credentials:
         auth: str = "",
         identity_token: str = "",
         registry_token: str = "",
+        server_address: str = "",
     ) -> Credentials | None:
-        """Credentials from the fields of a CRI AuthConfig; None when all are empty."""
+        """Credentials from the fields of a CRI AuthConfig; None when all secrets are empty."""
         if auth and not (username or password):
             username, password = decode_basic_auth(auth)
-        credentials = cls(username, password, identity_token, registry_token)
-        return credentials if credentials != cls() else None
+        server = registry_host_of(server_address) if server_address.strip() else ""
+        credentials = cls(username, password, identity_token, registry_token, server)
+        return credentials if credentials != cls(server=server) else None
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,44 @@ class Challenge:
 
     scheme: str
     params: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+class RedirectRefused(Exception):
+    """A redirect pycri does not follow: to a host it may not reach, not HTTP(S), or too many."""
+
+
+async def get_following_redirects(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    params: dict[str, str] | None = None,
+    may_follow: Callable[[yarl.URL], bool] | None = None,
+) -> aiohttp.ClientResponse:
+    """GET ``url`` and follow its redirects (those ``may_follow`` allows). The Authorization
+    header goes to ``url``'s origin (scheme, host and port) only: once a redirect leaves it,
+    the rest of the chain gets none. Returns the first response that is no redirect."""
+    origin = yarl.URL(url).origin()
+    target = yarl.URL(url)
+    for _ in range(REDIRECTS_MAX + 1):
+        response = await session.get(target, headers=headers, params=params, allow_redirects=False)
+        location = response.headers.get("Location")
+        if response.status not in REDIRECT_STATUSES or not location:
+            return response
+        response.release()
+        try:
+            target = target.join(yarl.URL(location))
+        except ValueError:
+            raise RedirectRefused(f"{target} redirected to {location!r}, which is no URL") from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise RedirectRefused(f"redirect to {location!r} refused: not an HTTP(S) URL")
+        if may_follow is not None and not may_follow(target):
+            raise RedirectRefused(
+                f"redirect to {target.with_query(None)} refused: host {target.raw_authority} not allowed"
+            )
+        params = None
+        if target.origin() != origin:
+            headers = {name: value for name, value in headers.items() if name.lower() != "authorization"}
+    raise RedirectRefused(f"{url}: more than {REDIRECTS_MAX} redirects")
 
 
 class AuthError(Exception):
@@ -231,6 +276,8 @@ class Authorizer:
                 if response.status != 200:
                     raise AuthError(f"token service {realm} refused {scope!r}: HTTP {response.status}", response.status)
                 text = await response.text()
+        except RedirectRefused as error:
+            raise AuthError(f"token service {realm}: {error}") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise AuthError(f"token service {realm} unreachable: {error or type(error).__name__}") from error
         try:
@@ -255,13 +302,16 @@ class Authorizer:
                 "refresh_token": credentials.identity_token,
                 "client_id": OAUTH_CLIENT_ID,
             }
-            async with self._session.post(realm, data=form) as response:
+            # The identity token is in the body, which a 307 would carry anywhere: no redirect is followed.
+            async with self._session.post(realm, data=form, allow_redirects=False) as response:
+                if response.status in REDIRECT_STATUSES:
+                    raise AuthError(f"token service {realm} redirected; the identity token is not sent on", 401)
                 yield response
             return
         headers = {}
         if credentials is not None and credentials.username:
             headers["Authorization"] = basic_authorization(credentials.username, credentials.password)
-        async with self._session.get(realm, params=query, headers=headers) as response:
+        async with await get_following_redirects(self._session, realm, headers, query) as response:
             yield response
 
 

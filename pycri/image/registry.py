@@ -5,6 +5,11 @@ for the host (only those, in order), or else the host itself (Docker Hub is
 ``registry-1.docker.io``). Endpoints are tried in order; the next one is tried
 when one is unreachable or does not have the content. Blobs come from the
 endpoint that served the manifest first.
+
+Credentials go only to the registry they are for (AuthConfig.server_address, else the
+image's registry), to a mirror only when ``mirror_credentials`` names it, and never along
+a redirect to another origin. A layer's foreign ``urls`` are fetched only from hosts in
+``foreign_layer_hosts``; otherwise the layer must come from the registry.
 """
 
 from __future__ import annotations
@@ -12,14 +17,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import yarl
 
-from pycri.image.auth import AuthError, Authorizer, Credentials, load_docker_config, registry_host_of
+from pycri.image.auth import (
+    AuthError,
+    Authorizer,
+    Credentials,
+    RedirectRefused,
+    get_following_redirects,
+    load_docker_config,
+    registry_host_of,
+)
 from pycri.image.manifest import (
     ACCEPTED_MANIFEST_MEDIA_TYPES,
     MANIFEST_SIZE_MAX,
@@ -78,6 +91,10 @@ class RegistryOptions:
     # Seconds allowed to connect and between two reads; a long download is never cut short.
     timeout: float = 30.0
     max_concurrent_downloads: int = 3
+    # Mirror URLs (as in ``mirrors``) that may be shown the credentials of the registry they serve.
+    mirror_credentials: set[str] = field(default_factory=set)
+    # Hosts ("host" or "host:port") whose foreign layer URLs may be fetched; none by default.
+    foreign_layer_hosts: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,7 @@ class RegistryClient:
         self._options = options
         self._platform = parse_platform(options.platform)
         self._mirrors = {registry_host_of(host): urls for host, urls in options.mirrors.items()}
+        self._mirror_credentials = {self._endpoint(url, mirror=True).url for url in options.mirror_credentials}
         self._downloads = asyncio.Semaphore(options.max_concurrent_downloads)
         self._session: aiohttp.ClientSession | None = None
         self._authorizer: Authorizer | None = None
@@ -200,7 +218,7 @@ class RegistryClient:
     async def _resolve_at(
         self, endpoint: Endpoint, reference: Reference, credentials: Credentials | None, what: str
     ) -> ResolvedImage:
-        credentials = await self._credentials_for(endpoint, credentials, what)
+        credentials = await self._credentials_for(endpoint, reference, credentials, what)
         data, media_type = await self._fetch_manifest(
             endpoint, reference, reference.manifest_reference, reference.digest, credentials, what
         )
@@ -262,11 +280,12 @@ class RegistryClient:
     ) -> tuple[aiohttp.ClientResponse, str]:
         failures: list[RegistryError] = []
         # Foreign layers live at their own URLs, outside the registry and its authorization.
+        refused = [url for url in descriptor.urls if not self.foreign_url_allowed(url)]
         for url in descriptor.urls:
-            if not url.startswith(("https://", "http://")):
+            if url in refused:
                 continue
             try:
-                return await self._send(url, {}, url, what), url
+                return await self._send(url, {}, url, what, may_follow=self.foreign_url_allowed), url
             except (NotFound, RegistryUnavailable, Unauthorized) as error:
                 failures.append(error)
         endpoints = [resolved.endpoint] + [
@@ -276,11 +295,28 @@ class RegistryClient:
         for endpoint in endpoints:
             url = f"{endpoint.api_root}/{path}/blobs/{descriptor.digest}"
             try:
-                endpoint_credentials = await self._credentials_for(endpoint, credentials, what)
+                endpoint_credentials = await self._credentials_for(endpoint, resolved.reference, credentials, what)
                 return await self._get(endpoint, url, path, endpoint_credentials, {}, what), str(endpoint)
             except (NotFound, RegistryUnavailable) as error:
                 failures.append(error)
+        if refused:
+            combined = _combined(what, failures)
+            raise type(combined)(
+                f"{combined}; the layer's foreign URL {refused[0]} was not tried: its host is not in"
+                " images.foreign_layer_hosts"
+            )
         raise _combined(what, failures)
+
+    def foreign_url_allowed(self, url: str | yarl.URL) -> bool:
+        """True for an HTTP(S) URL whose host ("host" or "host:port") is in foreign_layer_hosts."""
+        try:
+            parsed = yarl.URL(url)
+        except ValueError:
+            return False
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            return False
+        allowed = self._options.foreign_layer_hosts
+        return parsed.host in allowed or (parsed.raw_authority or "") in allowed
 
     async def _get(
         self,
@@ -317,12 +353,16 @@ class RegistryClient:
         what: str,
         authorization: str | None = None,
         raise_401: bool = True,
+        may_follow: Callable[[yarl.URL], bool] | None = None,
     ) -> aiohttp.ClientResponse:
-        """One GET (redirects followed; aiohttp drops Authorization when one leaves the origin)."""
+        """One GET, its redirects followed (those ``may_follow`` allows) with Authorization
+        sent to ``url``'s origin only."""
         if authorization is not None:
             headers = headers | {"Authorization": authorization}
         try:
-            response = await self._connect()[0].get(url, headers=headers)
+            response = await get_following_redirects(self._connect()[0], url, headers, may_follow=may_follow)
+        except RedirectRefused as error:
+            raise RegistryError(f"{what} from {source}: {error}") from None
         except (TimeoutError, aiohttp.ClientConnectionError) as error:
             raise RegistryUnavailable(f"{what} from {source}: {_describe(error)}") from error
         except aiohttp.ClientError as error:
@@ -351,15 +391,28 @@ class RegistryClient:
         return self._session, self._authorizer
 
     async def _credentials_for(
-        self, endpoint: Endpoint, credentials: Credentials | None, what: str
+        self, endpoint: Endpoint, reference: Reference, credentials: Credentials | None, what: str
     ) -> Credentials | None:
-        if credentials is not None or self._options.docker_config is None:
+        """What ``endpoint`` may be shown: the given credentials when they are for it, else
+        those docker config.json has for its host."""
+        if credentials is not None and self.credentials_reach(endpoint, reference, credentials):
             return credentials
+        if self._options.docker_config is None:
+            return None
         try:
             configured = await asyncio.to_thread(load_docker_config, self._options.docker_config)
         except ValueError as error:
             raise RegistryError(f"{what}: {error}") from None
         return configured.get(registry_host_of(endpoint.host))
+
+    def credentials_reach(self, endpoint: Endpoint, reference: Reference, credentials: Credentials) -> bool:
+        """True when ``credentials`` are for ``endpoint``: its host is theirs, or it is a mirror of
+        their registry that mirror_credentials names."""
+        registry = registry_host_of(reference.domain)
+        owner = credentials.server or registry
+        if registry_host_of(endpoint.host) == owner:
+            return True
+        return endpoint.mirror and owner == registry and endpoint.url in self._mirror_credentials
 
     def _endpoint(self, location: str, mirror: bool) -> Endpoint:
         if "://" not in location:

@@ -17,7 +17,15 @@ from typing import Any
 
 from pycri.api import api_pb2
 from pycri.config import Config
-from pycri.errors import DataLoss, DeadlineExceeded, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from pycri.errors import (
+    DataLoss,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from pycri.faults import kill_point
 from pycri.image import registry
 from pycri.image.auth import Credentials
@@ -29,7 +37,8 @@ from pycri.image.reference import InvalidReference, Reference, is_image_id, pars
 from pycri.image.sharing import ChangeWatch, announce_change, lock_store, unlock_store
 from pycri.image.snapshots import UNPACK_LAYER, SnapshotError, SnapshotStore, chain_ids
 from pycri.image.source import ImageSource, all_or_first_error, config_and_diff_ids
-from pycri.image.tarstream import LayerError
+from pycri.image.tarstream import LayerError, LimitExceeded
+from pycri.image.unpack import ImageBudget, UnpackGuard
 from pycri.state.intents import Intent, IntentLog
 from pycri.state.store import Store
 
@@ -69,7 +78,7 @@ class ImageService:
         self._command = command
         self._intents = IntentLog(store)
         self.content = ContentStore(config.root_dir)
-        self.snapshots = SnapshotStore(config.root_dir, self._intents)
+        self.snapshots = SnapshotStore(config.root_dir, self._intents, config.images.unpack_workers)
         self.metadata = ImageMetadata(store, self.snapshots.has)
         self._collector = GarbageCollector(self.content, self.snapshots, self.metadata, gc_grace_seconds)
         self._changes = ChangeWatch(config.root_dir)
@@ -120,6 +129,7 @@ class ImageService:
 
     async def close(self) -> None:
         self._changes.close()
+        self.snapshots.close()
         if self._registry is not None:
             await self._registry.aclose()
 
@@ -157,6 +167,8 @@ class ImageService:
             raise DataLoss(str(exc)) from exc
         except registry.RegistryError as exc:
             raise Unavailable(str(exc)) from exc
+        except LimitExceeded as exc:
+            raise ResourceExhausted(f"pull {ref}: {exc}") from exc
         except (ContentError, SnapshotError, LayerError) as exc:
             raise DataLoss(f"pull {ref}: {exc}") from exc
         seconds = round(time.monotonic() - started, 3)
@@ -193,6 +205,8 @@ class ImageService:
         `label` starts error messages. A failure leaves nothing of the image behind."""
         try:
             record = await self._store(source, tags, digests, label)
+        except LimitExceeded as exc:
+            raise ResourceExhausted(f"{label}: {exc}") from exc
         except (ContentError, SnapshotError, LayerError) as exc:
             raise DataLoss(f"{label}: {exc}") from exc
         log.info("imported image", extra={"fields": {"id": record.id, "tags": ",".join(tags), "from": label}})
@@ -209,11 +223,12 @@ class ImageService:
         protected = [*small, *chains]
         self._collector.protect(protected)
         blobs: list[str] = []
+        budget = ImageBudget(self._config.images.limits.image_unpacked_max_bytes)
         try:
             for digest, data in small.items():  # each one fsynced: not on the event loop
                 blobs.append(await asyncio.to_thread(self.content.put_bytes, digest, data))
             await all_or_first_error(
-                self._unpack_layer(source, layer, chain, diff_id)
+                self._unpack_layer(source, layer, chain, diff_id, budget)
                 for layer, chain, diff_id in zip(source.layers, chains, diff_ids, strict=True)
             )
             record = ImageRecord(
@@ -257,19 +272,28 @@ class ImageService:
         self, resolved: registry.ResolvedImage, descriptor: Descriptor, credentials: Credentials | None
     ) -> bytes:
         assert self._registry is not None
+        limit = self._config.images.limits.config_max_bytes
+        if descriptor.size > limit:
+            raise ResourceExhausted(
+                f"image config {descriptor.digest} of {descriptor.size} bytes is over the {limit}"
+                " of images.limits.config_max_bytes"
+            )
         if not self.content.has(descriptor.digest):
             chunks = self._registry.open_blob(resolved, descriptor, credentials)
             await self.content.ingest(descriptor.digest, descriptor.size, chunks)
         return self.content.read_bytes(descriptor.digest)
 
-    async def _unpack_layer(self, source: ImageSource, layer: Descriptor, chain_id: str, diff_id: str) -> None:
+    async def _unpack_layer(
+        self, source: ImageSource, layer: Descriptor, chain_id: str, diff_id: str, budget: ImageBudget
+    ) -> None:
         """Fetch and unpack one layer unless its snapshot exists. The compressed blob is
         not kept: the snapshot is what containers use."""
         if self.snapshots.has(chain_id):
             return
         blob = await self.content.ingest(layer.digest, layer.size, source.open_layer(layer))
         try:
-            await self.snapshots.unpack(chain_id, blob, layer.media_type, diff_id)
+            guard = UnpackGuard(self._config.images.limits, budget)
+            await self.snapshots.unpack(chain_id, blob, layer.media_type, diff_id, guard)
         finally:
             self.content.delete(layer.digest)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -19,11 +20,12 @@ import shutil
 import stat
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pycri.image import overlay
-from pycri.image.unpack import apply_layer
+from pycri.image.unpack import UnpackGuard, apply_layer
 from pycri.state.intents import IntentLog
 
 log = logging.getLogger(__name__)
@@ -80,13 +82,28 @@ def disk_usage(path: Path) -> tuple[int, int]:
     return used_bytes, inodes
 
 
+@dataclass
+class _Unpack:
+    """One running unpack and the callers that wait for it; the last to leave cancels it."""
+
+    done: asyncio.Future[None]
+    guard: UnpackGuard
+    waiters: int = 0
+
+
 class SnapshotStore:
-    def __init__(self, root: Path, intents: IntentLog | None = None) -> None:
-        """With `intents`, every unpack is recorded before its temp dir is made."""
+    def __init__(self, root: Path, intents: IntentLog | None = None, unpack_workers: int = 2) -> None:
+        """With `intents`, every unpack is recorded before its temp dir is made. Layers unpack
+        on a pool of `unpack_workers` threads of their own; more wait their turn."""
         self._dir = root / "snapshots"
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._intents = intents
-        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._inflight: dict[str, _Unpack] = {}
+        self._workers = concurrent.futures.ThreadPoolExecutor(unpack_workers, thread_name_prefix="unpack")
+
+    def close(self) -> None:
+        """Stop the pool; unpacks not started yet never start."""
+        self._workers.shutdown(wait=False, cancel_futures=True)
 
     def path(self, chain_id: str) -> Path:
         """The directory holding the layer's files: an overlayfs lower dir."""
@@ -101,52 +118,83 @@ class SnapshotStore:
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
 
-    async def unpack(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str) -> None:
+    async def unpack(
+        self,
+        chain_id: str,
+        blob_path: Path,
+        media_type: str,
+        expected_diff_id: str,
+        guard: UnpackGuard | None = None,
+    ) -> None:
         """Extract the layer blob as snapshot chain_id unless it exists; concurrent calls share one run.
 
-        Extraction runs in a thread to its end even if the caller is
-        cancelled, then either renames its temp dir into place or removes it.
+        When every caller of a run is cancelled, the worker stops at its next
+        entry and removes its temp dir before the last caller's cancellation
+        goes on; otherwise the run renames its temp dir into place or removes it.
         """
         while not self.has(chain_id):
-            running = self._inflight.get(chain_id)
-            if running is None:
-                running = asyncio.ensure_future(
-                    self._unpack_recorded(chain_id, blob_path, media_type, expected_diff_id)
+            run = self._inflight.get(chain_id)
+            if run is None:
+                run_guard = guard or UnpackGuard()
+                done = asyncio.ensure_future(
+                    self._unpack_recorded(chain_id, blob_path, media_type, expected_diff_id, run_guard)
                 )
-                self._inflight[chain_id] = running
-                running.add_done_callback(lambda done: self._forget(chain_id, done))
-                await asyncio.shield(running)
+                run = _Unpack(done, run_guard)
+                self._inflight[chain_id] = run
+                done.add_done_callback(lambda finished: self._forget(chain_id, finished))
+                await self._wait(run)
                 return
             # A failed run leaves has() false and this caller tries on its own.
             with contextlib.suppress(Exception):
-                await asyncio.shield(running)
+                await self._wait(run)
+
+    @staticmethod
+    async def _wait(run: _Unpack) -> None:
+        run.waiters += 1
+        try:
+            await asyncio.shield(run.done)
+        except asyncio.CancelledError:
+            if run.waiters == 1 and not run.done.done():
+                run.guard.cancelled.set()
+                # The temp dir goes before the caller hears of its own cancellation.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(run.done)
+            raise
+        finally:
+            run.waiters -= 1
 
     def _forget(self, chain_id: str, done: asyncio.Future[None]) -> None:
         del self._inflight[chain_id]
         if not done.cancelled():
             done.exception()  # the caller may be gone: nobody else must look at it
 
-    async def _unpack_recorded(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str) -> None:
-        """The unpack in a thread, between its intent and the end of that intent."""
+    async def _unpack_recorded(
+        self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str, guard: UnpackGuard
+    ) -> None:
+        """The unpack on the pool, between its intent and the end of that intent."""
         temp = self._dir / f"{_TEMP_PREFIX}{secrets.token_hex(16)}"
         plan = {"chain_id": chain_id, "temp_dir": str(temp), "blob": str(blob_path)}
         intent = None if self._intents is None else await self._intents.begin(UNPACK_LAYER, temp.name, plan)
         try:
             await asyncio.get_running_loop().run_in_executor(
-                None, self._unpack_now, chain_id, blob_path, media_type, expected_diff_id, temp
+                self._workers, self._unpack_now, chain_id, blob_path, media_type, expected_diff_id, temp, guard
             )
         finally:
             if intent is not None and self._intents is not None:
                 await self._intents.finish(intent)
 
-    def _unpack_now(self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str, temp: Path) -> None:
+    def _unpack_now(
+        self, chain_id: str, blob_path: Path, media_type: str, expected_diff_id: str, temp: Path, guard: UnpackGuard
+    ) -> None:
+        guard.check_cancelled()  # cancelled while it waited for a worker
         final = self._snapshot_dir(chain_id)
         # The snapshot dir is owner only; its `fs`, the layer's root, keeps the usual mode, as overlay shows it.
         temp.mkdir(mode=0o700)
         try:
             (temp / "fs").mkdir()
             started = time.monotonic()
-            diff_id = apply_layer(blob_path, media_type, temp / "fs")
+            diff_id = apply_layer(blob_path, media_type, temp / "fs", guard)
+            guard.check_cancelled()
             if diff_id != expected_diff_id:
                 raise SnapshotError(
                     f"layer {blob_path.name}: unpacked diff ID {diff_id} differs from the image's {expected_diff_id}"

@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 import zstandard
 
+from pycri.config import ImageLimits
+
 _inflate_lib: types.ModuleType
 try:  # ISA-L inflates gzip about twice as fast as zlib; the output is the same.
     from isal import isal_zlib as _inflate_lib
@@ -56,6 +58,10 @@ _END = b""
 
 class LayerError(Exception):
     """A layer that cannot be extracted: corrupt, truncated or of an unsupported kind."""
+
+
+class LimitExceeded(LayerError):
+    """A layer over one of images.limits; the message names the key."""
 
 
 def detect_compression(media_type: str, head: bytes, blob_path: Path) -> str:
@@ -254,18 +260,26 @@ class Member:
     xattrs: dict[str, bytes] = field(default_factory=dict)
 
 
-def tar_members(stream: TarStream) -> Iterator[Member]:
+def tar_members(stream: TarStream, limits: ImageLimits | None = None) -> Iterator[Member]:
     """Each member in order. The consumer may copy a member's data out of the
-    stream; whatever it leaves unread is skipped before the next header."""
+    stream; whatever it leaves unread is skipped before the next header.
+
+    Extended headers are read into memory only below their cap, so a layer
+    cannot make this hold more than images.limits allows.
+    """
+    limits = limits or ImageLimits()
     pax: dict[str, bytes] = {}
     long_name: str | None = None
     long_link: str | None = None
+    extended_bytes = members = 0
     while True:
         block = stream.read(BLOCK_SIZE)
         if len(block) < BLOCK_SIZE or not block.strip(b"\0"):
             return
         member = _parse_header(block, stream.offset - BLOCK_SIZE)
         if member.type in (_PAX, _GNU_LONG_NAME, _GNU_LONG_LINK):
+            extended_bytes += member.size
+            _check_extended_size(member, extended_bytes, limits, stream.offset - BLOCK_SIZE)
             data = stream.read_exact(member.size, "an extended header")
             stream.skip(-member.size % BLOCK_SIZE)
             if member.type == _PAX:
@@ -283,12 +297,45 @@ def tar_members(stream: TarStream) -> Iterator[Member]:
             member.linkname = long_link
         if pax:
             _apply_pax(member, pax)
+        _check_path_lengths(member, limits.path_max_bytes)
+        members += 1
+        if members > limits.entries_per_layer_max:
+            raise LimitExceeded(
+                f"layer has more than {limits.entries_per_layer_max} entries (images.limits.entries_per_layer_max)"
+            )
         data_end = stream.offset + member.size + (-member.size % BLOCK_SIZE)
         if member.type not in _IGNORED:
             yield member
         stream.skip(data_end - stream.offset)
         pax = {}
         long_name = long_link = None
+        extended_bytes = 0
+
+
+def _check_extended_size(header: Member, pending_bytes: int, limits: ImageLimits, offset: int) -> None:
+    """Refuse an extended header (with those before it for the same member) over its cap, unread."""
+    if header.type == _PAX:
+        if pending_bytes > limits.pax_header_max_bytes:
+            raise LimitExceeded(
+                f"PAX header of {pending_bytes} bytes at offset {offset} is over the"
+                f" {limits.pax_header_max_bytes} of images.limits.pax_header_max_bytes"
+            )
+    elif header.size > limits.path_max_bytes + 1 or pending_bytes > limits.pax_header_max_bytes:
+        # GNU tar ends the name with a NUL.
+        raise LimitExceeded(
+            f"GNU long name or link of {header.size} bytes at offset {offset} is over the"
+            f" {limits.path_max_bytes} of images.limits.path_max_bytes"
+        )
+
+
+def _check_path_lengths(member: Member, path_max_bytes: int) -> None:
+    for what, text in (("path", member.name), ("link target", member.linkname)):
+        length = len(text.encode("utf-8", "surrogateescape"))
+        if length > path_max_bytes:
+            raise LimitExceeded(
+                f"layer entry {text[:64]!r}...: {what} of {length} bytes is over the"
+                f" {path_max_bytes} of images.limits.path_max_bytes"
+            )
 
 
 def _parse_header(block: bytes, offset: int) -> Member:

@@ -18,13 +18,16 @@ import logging
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from pycri.config import ImageLimits
 from pycri.faults import kill_point
 from pycri.image import tarstream
-from pycri.image.tarstream import LayerError, Member
+from pycri.image.tarstream import LayerError, LimitExceeded, Member
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ _SPECIAL_KINDS = {
 # The overlay xattrs change how the kernel merges layers; only whiteouts may set them.
 _RESERVED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
+# A cancelled unpack notices within this much file data, even inside one big file.
+_COPY_SLICE_BYTES = 16 * 1024 * 1024
+
 _Made = TypeVar("_Made")
 
 
@@ -49,13 +55,60 @@ class UnsafeLayer(LayerError):
     """A layer entry that would write outside the target directory."""
 
 
-def apply_layer(blob_path: Path, media_type: str, target_dir: Path) -> str:
+class UnpackCancelled(Exception):
+    """The pull that wanted the layer is gone; what was extracted is to be removed."""
+
+
+class ImageBudget:
+    """The file bytes all layers of one image may still unpack to; shared by their threads."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> None:
+        with self._lock:
+            if self._used + size > self._limit:
+                raise LimitExceeded(
+                    f"image unpacks to more than the {self._limit} bytes of images.limits.image_unpacked_max_bytes"
+                )
+            self._used += size
+
+
+@dataclass
+class UnpackGuard:
+    """What bounds one layer's extraction: the caps, the image's budget and a cancel flag
+    the worker checks between entries."""
+
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    image_budget: ImageBudget | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise UnpackCancelled("unpack cancelled")
+
+
+def apply_layer(blob_path: Path, media_type: str, target_dir: Path, guard: UnpackGuard | None = None) -> str:
     """Extract one layer blob into target_dir; return its diff ID (sha256 of the uncompressed tar)."""
+    guard = guard or UnpackGuard()
+    layer_bytes = 0
     with open(blob_path, "rb", buffering=0) as raw:
         compression = tarstream.detect_compression(media_type, raw.read(4), blob_path)
         raw.seek(0)
-        with tarstream.TarStream(raw, compression) as stream, _Extractor(target_dir) as extractor:
-            for member in tarstream.tar_members(stream):
+        with tarstream.TarStream(raw, compression) as stream, _Extractor(target_dir, guard) as extractor:
+            for member in tarstream.tar_members(stream, guard.limits):
+                guard.check_cancelled()
+                if member.type in tarstream.REGULAR:
+                    layer_bytes += member.size
+                    if layer_bytes > guard.limits.layer_unpacked_max_bytes:
+                        raise LimitExceeded(
+                            f"layer unpacks to more than the {guard.limits.layer_unpacked_max_bytes} bytes"
+                            " of images.limits.layer_unpacked_max_bytes"
+                        )
+                    if guard.image_budget is not None:
+                        guard.image_budget.take(member.size)
                 try:
                     extractor.apply(member, stream)
                 except OSError as exc:
@@ -78,7 +131,8 @@ def _split_name(name: str, entry_name: str) -> tuple[str, ...]:
 class _Extractor:
     """Creates members below one target directory without ever leaving it."""
 
-    def __init__(self, target_dir: Path) -> None:
+    def __init__(self, target_dir: Path, guard: UnpackGuard) -> None:
+        self._guard = guard
         self._root_fd = os.open(target_dir, _DIR_FLAGS)
         # Open fds of the directories on the path of the last member: tar
         # members come in tree order, so most members reuse them.
@@ -182,7 +236,12 @@ class _Extractor:
         create_mode = member.mode if mode_at_create else 0o600
         fd = self._create(parent, parts, lambda: os.open(name, _FILE_FLAGS, create_mode, dir_fd=parent))
         try:
-            stream.copy_to(fd, member.size, member.name)
+            remaining = member.size
+            while remaining:
+                step = min(remaining, _COPY_SLICE_BYTES)
+                stream.copy_to(fd, step, member.name)
+                remaining -= step
+                self._guard.check_cancelled()
             if self._set_owners and (member.uid, member.gid) != self._default_owner:
                 os.fchown(fd, member.uid, member.gid)
             if not mode_at_create:

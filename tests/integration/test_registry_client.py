@@ -357,7 +357,8 @@ async def token_peer(registry: LocalRegistry) -> AsyncIterator[TokenPeer]:
 
 
 async def pull_through_peer(peer: TokenPeer, credentials: Credentials | None) -> tuple[ResolvedImage, list[bytes]]:
-    async with registry_client(mirrors={"registry.k8s.io": [f"{peer.url}/mirror"]}) as client:
+    mirror = f"{peer.url}/mirror"
+    async with registry_client(mirrors={"registry.k8s.io": [mirror]}, mirror_credentials={mirror}) as client:
         resolved = await client.resolve(parse_reference("registry.k8s.io/pycri-test/layers:latest"), credentials)
         blobs = [await read_blob(client, resolved, layer, credentials=credentials) for layer in resolved.layers]
     return resolved, blobs
@@ -399,14 +400,17 @@ async def test_downloads_beyond_the_limit_wait_their_turn(token_peer: TokenPeer,
     reference = parse_reference("registry.k8s.io/pycri-test/busybox:latest")
     credentials = Credentials(*TOKEN_USER)
     mirrors = {"registry.k8s.io": [f"{token_peer.url}/mirror"]}
-    async with registry_client(mirrors=mirrors, max_concurrent_downloads=1) as client:
+    mirror_credentials = set(mirrors["registry.k8s.io"])
+    async with registry_client(
+        mirrors=mirrors, mirror_credentials=mirror_credentials, max_concurrent_downloads=1
+    ) as client:
         resolved = await client.resolve(reference, credentials)
         first = client.open_blob(resolved, resolved.layers[0], credentials)
         second = client.open_blob(resolved, resolved.layers[0], credentials)
         first_chunk = await anext(first)
         waiting = asyncio.ensure_future(anext(second))
         # A whole download by another client gives the waiting one every chance to send its request.
-        async with registry_client(mirrors=mirrors) as other_client:
+        async with registry_client(mirrors=mirrors, mirror_credentials=mirror_credentials) as other_client:
             await read_blob(other_client, resolved, resolved.config, credentials=credentials)
         requests_while_first_runs = len(token_peer.storage_authorizations)
         rest = b"".join([chunk async for chunk in first])
@@ -432,7 +436,8 @@ async def test_foreign_layers_come_from_their_urls(token_peer: TokenPeer, test_i
         layer.size,
         urls=(f"{token_peer.storage_url}/pycri-test/busybox/blobs/{layer.digest}",),
     )
-    async with registry_client() as client:
+    storage_host = token_peer.storage_url.removeprefix("http://")
+    async with registry_client(foreign_layer_hosts={storage_host}) as client:
         resolved = await client.resolve(parse_reference(busybox.reference))
         blob = await read_blob(client, resolved, foreign)
 
