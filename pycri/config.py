@@ -93,6 +93,12 @@ class ImageSection:
     insecure_registries: list[str] = field(default_factory=list)
     # Registry host -> endpoint URLs that serve it instead (no fallback to the host itself).
     mirrors: dict[str, list[str]] = field(default_factory=dict)
+    # Mirror URLs, written as in `mirrors`, that are shown the credentials (CRI AuthConfig) of the
+    # registry they serve; every other mirror gets only docker_config's credentials for its own host.
+    mirror_credentials: list[str] = field(default_factory=list)
+    # Hosts ("host" or "host:port") a layer's foreign URLs (manifest `urls`) may be fetched from;
+    # empty: every layer comes from the registry itself.
+    foreign_layer_hosts: list[str] = field(default_factory=list)
     pull_timeout: float = 600.0
     # Threads that unpack layers (each also uses a thread to decompress); pulls beyond wait.
     unpack_workers: int = 2
@@ -271,6 +277,10 @@ def _validate(config: Config) -> None:
             raise bad(f"images.limits.{limit.name}", getattr(config.images.limits, limit.name), "expected >= 1")
     if config.images.platform.count("/") not in (1, 2):
         raise bad("images.platform", config.images.platform, "expected os/arch or os/arch/variant")
+    mirror_urls = {url for urls in config.images.mirrors.values() for url in urls}
+    for url in config.images.mirror_credentials:
+        if url not in mirror_urls:
+            raise bad("images.mirror_credentials", url, "expected a URL listed in images.mirrors")
     if not 0 <= config.streaming.port <= 65535:
         raise bad("streaming.port", config.streaming.port, "expected 0..65535")
     try:

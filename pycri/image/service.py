@@ -91,6 +91,8 @@ class ImageService:
             platform=config.images.platform,
             docker_config=str(config.images.docker_config) if config.images.docker_config else None,
             max_concurrent_downloads=config.images.max_concurrent_downloads,
+            mirror_credentials=set(config.images.mirror_credentials),
+            foreign_layer_hosts=set(config.images.foreign_layer_hosts),
         )
         self._registry: registry.RegistryClient | None = None
         self._fs_usage: _FsUsage | None = None
@@ -149,7 +151,12 @@ class ImageService:
         credentials = None
         if auth is not None:
             credentials = Credentials.from_auth_config(
-                auth.username, auth.password, auth.auth, auth.identity_token, auth.registry_token
+                auth.username,
+                auth.password,
+                auth.auth,
+                auth.identity_token,
+                auth.registry_token,
+                auth.server_address,
             )
         started = time.monotonic()
         try:
