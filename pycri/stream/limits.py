@@ -23,6 +23,11 @@ class ConnectionLimits:
     idle_timeout: float = 4 * 3600.0
 
 
+# Client messages a WebSocket session queues for a slow consumer (stdin, a forwarded port) before
+# it stops reading the socket: each may be as large as the message cap.
+WEBSOCKET_QUEUED_MESSAGES = 2
+
+
 class IdleWatch:
     """Calls `on_idle` once when nothing moved on a connection for `timeout` seconds;
     the connection's readers and writers call `touch` on every byte that moves."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycri.network.netns import enter_namespace, run_in_disposable_thread
+from pycri.stream.limits import WEBSOCKET_QUEUED_MESSAGES
 from pycri.stream.spdy import RstStatus
 from pycri.stream.spdy_session import SpdySession, SpdyStream
 from pycri.stream.websocket import ChannelWebSocket
@@ -183,7 +184,7 @@ async def _forward_pair(data: SpdyStream, error: SpdyStream, pod: str, connect: 
 
 async def serve_websocket(channels: ChannelWebSocket, ports: list[int], pod: str, connect: PodConnector) -> None:
     """One connection per port of the request, each on its pair of channels, for as long as the WebSocket lasts."""
-    inputs: list[asyncio.Queue[bytes]] = [asyncio.Queue(maxsize=64) for _ in ports]
+    inputs: list[asyncio.Queue[bytes]] = [asyncio.Queue(maxsize=WEBSOCKET_QUEUED_MESSAGES) for _ in ports]
     for index, port in enumerate(ports):
         channels.send(2 * index, struct.pack("<H", port))
         channels.send(2 * index + 1, struct.pack("<H", port))

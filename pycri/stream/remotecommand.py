@@ -21,6 +21,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from pycri.stream.limits import WEBSOCKET_QUEUED_MESSAGES
 from pycri.stream.spdy_session import SpdySession, SpdyStream
 from pycri.stream.websocket import ChannelWebSocket, WebSocket
 
@@ -234,7 +235,7 @@ class WebSocketCommandStreams(CommandStreams):
     def __init__(self, websocket: WebSocket, options: StreamOptions) -> None:
         super().__init__(options, websocket.subprotocol)
         self._channels = ChannelWebSocket(websocket, WEBSOCKET_PROTOCOLS[websocket.subprotocol])
-        self._stdin: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
+        self._stdin: asyncio.Queue[bytes] = asyncio.Queue(maxsize=WEBSOCKET_QUEUED_MESSAGES)
         self._stdin_ended = False
         # kubelet's first message: an empty one on the lowest channel the client will read.
         self._channels.send(_STDOUT if options.stdout else _STDERR if options.stderr else _ERROR, b"")
