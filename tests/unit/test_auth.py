@@ -14,6 +14,8 @@ from pycri.image.auth import (
     parse_www_authenticate,
     registry_host_of,
 )
+from pycri.image.reference import parse_reference
+from pycri.image.registry import RegistryClient, RegistryOptions
 
 pytestmark = pytest.mark.unit
 
@@ -195,3 +197,72 @@ def test_any_header_parses_without_raising(header: str) -> None:
 def test_challenge_like_headers_parse_without_raising(header: str) -> None:
     for challenge in parse_www_authenticate(header):
         assert challenge.scheme == challenge.scheme.lower()
+
+
+@pytest.mark.parametrize(
+    ("server_address", "server"),
+    [("", ""), ("https://index.docker.io/v1/", "docker.io"), ("Reg.Example:5000", "reg.example:5000")],
+)
+def test_credentials_name_the_registry_they_are_for(server_address: str, server: str) -> None:
+    credentials = Credentials.from_auth_config("u", "p", server_address=server_address)
+    assert credentials == Credentials("u", "p", server=server)
+    assert Credentials.from_auth_config(server_address=server_address) is None
+
+
+MIRROR = "http://mirror.lan:5000/hub"
+
+
+@pytest.mark.parametrize(
+    ("image", "endpoint_location", "mirror_credentials", "server", "reaches"),
+    [
+        ("reg.example/app:1", "reg.example", set(), "", True),
+        ("app:1", "registry-1.docker.io", set(), "", True),  # Docker Hub's endpoint is docker.io's
+        ("app:1", "registry-1.docker.io", set(), "https://index.docker.io/v1/", True),
+        ("reg.example/app:1", "reg.example", set(), "other.example", False),
+        ("reg.example/app:1", MIRROR, set(), "", False),
+        ("reg.example/app:1", MIRROR, {MIRROR}, "", True),
+        ("reg.example/app:1", MIRROR, {MIRROR + "/"}, "", True),
+        ("reg.example/app:1", MIRROR, {"http://mirror.lan:5000/other"}, "", False),
+        # Credentials for another registry never reach a mirror, opt-in or not.
+        ("reg.example/app:1", MIRROR, {MIRROR}, "other.example", False),
+        # Credentials addressed to the mirror's host are its own.
+        ("reg.example/app:1", MIRROR, set(), "mirror.lan:5000", True),
+        ("reg.example:5000/app:1", "reg.example:5001", set(), "", False),
+    ],
+)
+def test_which_endpoints_credentials_reach(
+    image: str, endpoint_location: str, mirror_credentials: set[str], server: str, reaches: bool
+) -> None:
+    reference = parse_reference(image)
+    mirrors = {reference.domain: [MIRROR]} if endpoint_location == MIRROR else {}
+    client = RegistryClient(RegistryOptions(mirrors=mirrors, mirror_credentials=mirror_credentials))
+    [endpoint] = client.endpoints(reference.domain if mirrors else endpoint_location)
+    credentials = Credentials.from_auth_config("u", "p", server_address=server)
+    assert credentials is not None
+    assert client.credentials_reach(endpoint, reference, credentials) is reaches
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://cdn.example/layer", True),
+        ("http://cdn.example:8080/layer", True),
+        ("https://files.example:8443/layer", True),
+        ("https://files.example/layer", False),  # only that port is allowed
+        ("https://cdn.example.evil/layer", False),
+        ("https://evil.example/cdn.example", False),
+        ("https://cdn.example@evil.example/layer", False),
+        ("ftp://cdn.example/layer", False),
+        ("file:///etc/passwd", False),
+        ("http://169.254.169.254/latest/meta-data", False),
+        ("//cdn.example/layer", False),
+        ("not a url", False),
+    ],
+)
+def test_foreign_layer_urls_need_an_allowed_host(url: str, allowed: bool) -> None:
+    client = RegistryClient(RegistryOptions(foreign_layer_hosts={"cdn.example", "files.example:8443"}))
+    assert client.foreign_url_allowed(url) is allowed
+
+
+def test_no_foreign_layer_host_is_allowed_by_default() -> None:
+    assert not RegistryClient(RegistryOptions()).foreign_url_allowed("https://cdn.example/layer")
