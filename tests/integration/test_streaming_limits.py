@@ -149,6 +149,39 @@ def test_an_idle_session_is_dropped_and_its_process_killed(work: Workloads, box:
     wait_until(lambda: not sleeper(), "the idle session's sleep to be killed")
 
 
+def peak_memory_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_a_client_that_sends_without_reading_does_not_grow_the_daemon(work: Workloads, box: str) -> None:
+    daemon = work.node.daemon.proc
+    assert daemon is not None
+    sent = 96 * 1024 * 1024
+    url = exec_url(work, box, "sleep", "60", stdin=True)  # never reads its stdin
+
+    async def flood() -> None:
+        client = SpdyClient(await spdy_upgrade(url, "v4.channel.k8s.io"))
+        try:
+            error = await client.open(streamType="error")
+            stdin = await client.open(streamType="stdin")
+            for stream_type in ("stdout", "stderr"):
+                await client.open(streamType=stream_type)
+            chunk = bytes(32 * 1024)
+            for _ in range(sent // len(chunk)):
+                client.write(stdin, chunk)
+            # Once pycri stops reading, nothing moves and the idle timeout ends the session.
+            await client.read_all(error)
+        finally:
+            await client.close()
+
+    Path(f"/proc/{daemon.pid}/clear_refs").write_text("5")  # the peak starts again from now
+    before = peak_memory_kib(daemon.pid)
+    asyncio.run(flood())
+    grown = peak_memory_kib(daemon.pid) - before
+    assert grown < 32 * 1024, f"pycri's peak memory grew by {grown} KiB while a client sent {sent >> 20} MiB unread"
+
+
 def test_exec_sync_output_past_the_cri_limit_is_truncated(work: Workloads, box: str) -> None:
     options = [("grpc.max_receive_message_length", CRI_MESSAGE_LIMIT)]  # as kubelet's client
     with grpc.insecure_channel(work.node.daemon.endpoint, options=options) as channel:
