@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pycri.image import overlay
-from pycri.image.unpack import UnpackGuard, apply_layer
+from pycri.image.durable import fsync_dir, sync_filesystem
+from pycri.image.unpack import UnpackCancelled, UnpackGuard, apply_layer
 from pycri.state.intents import IntentLog
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ class SnapshotStore:
                 raise SnapshotError(
                     f"layer {blob_path.name}: unpacked diff ID {diff_id} differs from the image's {expected_diff_id}"
                 )
+            sync_filesystem(temp)  # the layer's files and dirs are durable before the snapshot is
             try:
                 os.rename(temp, final)
             except OSError:
@@ -206,8 +208,12 @@ class SnapshotStore:
                     raise
                 # Another process unpacked the same layer first.
                 shutil.rmtree(temp)
-        except BaseException:
+            else:
+                fsync_dir(self._dir)
+        except BaseException as exc:
             shutil.rmtree(temp, ignore_errors=True)
+            if isinstance(exc, UnpackCancelled):
+                log.info("stopped the unpack of a cancelled pull", extra={"fields": {"chain_id": chain_id}})
             raise
         log.info(
             "unpacked layer",

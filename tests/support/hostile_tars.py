@@ -91,3 +91,20 @@ def gzip_layer(chunks: Iterable[bytes]) -> StreamedLayer:
         out.append(compressor.compress(chunk))
     out.append(compressor.flush())
     return StreamedLayer(b"".join(out), "sha256:" + tar_hash.hexdigest(), size)
+
+
+def zero_file_layer(size: int) -> StreamedLayer:
+    """One file of `size` zeros (a multiple of 64 MiB) as gzip members: one compressed 64 MiB
+    member repeated, so a layer that unpacks to GiBs is made in a fraction of a second."""
+    piece = 64 * 1024 * 1024
+    assert size % piece == 0
+    zeros = b"\0" * piece
+    header = raw_header(b"zeros", REGULAR, size)
+    end = b"\0" * (2 * BLOCK)
+    tar_hash = hashlib.sha256(header)
+    for _ in range(size // piece):
+        tar_hash.update(zeros)
+    tar_hash.update(end)
+    member = gzip_layer([zeros]).blob
+    blob = gzip_layer([header]).blob + member * (size // piece) + gzip_layer([end]).blob
+    return StreamedLayer(blob, "sha256:" + tar_hash.hexdigest(), len(header) + size + len(end))
