@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from pycri.image.durable import fsync_dir
 from pycri.image.reference import DIGEST_HEX_LENGTHS
 from pycri.image.snapshots import disk_usage
 
@@ -73,6 +74,17 @@ class _BlobWriter:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _move_into_place(temp_name: str, final: Path) -> None:
+    """Rename a written and fsynced blob to its name, durably: its directory (and that
+    directory's own entry, when it is new) is fsynced before the blob counts as stored."""
+    made = not final.parent.is_dir()
+    final.parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
+    os.rename(temp_name, final)
+    fsync_dir(final.parent)
+    if made:
+        fsync_dir(final.parent.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -171,8 +183,7 @@ class ContentStore:
             if actual != digest:
                 raise ContentError(f"blob {digest}: content has digest {actual}")
             final = self.path(digest)
-            final.parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
-            os.rename(temp_name, final)
+            await asyncio.to_thread(_move_into_place, temp_name, final)
             stored = True
         except ContentError:
             raise
@@ -203,8 +214,7 @@ class ContentStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            final.parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
-            os.rename(temp_name, final)
+            _move_into_place(temp_name, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
