@@ -45,6 +45,9 @@ from pycri.state.store import Store
 log = logging.getLogger(__name__)
 
 FS_USAGE_MAX_AGE_SECONDS = 10.0
+# A layer's entry names reach error messages; a gRPC client drops a status whose message
+# passes its metadata limit (8 KiB soft, 16 KiB hard by default) and reports a removed stream.
+ERROR_DETAIL_MAX_CHARS = 2048
 _HEX = frozenset("0123456789abcdef")
 # The intent of RemoveImage, on the image ID. Plan: image_id; tag (the one tag to drop, or
 # None for the whole image); names (those that go); whole_image; and the blobs and
@@ -58,6 +61,12 @@ IMAGE_INTENT_KINDS = (UNPACK_LAYER, REMOVE_IMAGE)
 class _FsUsage:
     taken_at: float
     reply: api_pb2.ImageFsInfoResponse
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= ERROR_DETAIL_MAX_CHARS:
+        return message
+    return message[:ERROR_DETAIL_MAX_CHARS] + f"... ({len(message) - ERROR_DETAIL_MAX_CHARS} more characters)"
 
 
 def image_user(config: dict[str, Any]) -> tuple[int | None, str]:
@@ -175,9 +184,9 @@ class ImageService:
         except registry.RegistryError as exc:
             raise Unavailable(str(exc)) from exc
         except LimitExceeded as exc:
-            raise ResourceExhausted(f"pull {ref}: {exc}") from exc
+            raise ResourceExhausted(_bounded(f"pull {ref}: {exc}")) from exc
         except (ContentError, SnapshotError, LayerError) as exc:
-            raise DataLoss(f"pull {ref}: {exc}") from exc
+            raise DataLoss(_bounded(f"pull {ref}: {exc}")) from exc
         seconds = round(time.monotonic() - started, 3)
         log.info("pulled image", extra={"fields": {"ref": str(ref), "id": image_id, "seconds": seconds}})
         return image_id
@@ -213,9 +222,9 @@ class ImageService:
         try:
             record = await self._store(source, tags, digests, label)
         except LimitExceeded as exc:
-            raise ResourceExhausted(f"{label}: {exc}") from exc
+            raise ResourceExhausted(_bounded(f"{label}: {exc}")) from exc
         except (ContentError, SnapshotError, LayerError) as exc:
-            raise DataLoss(f"{label}: {exc}") from exc
+            raise DataLoss(_bounded(f"{label}: {exc}")) from exc
         log.info("imported image", extra={"fields": {"id": record.id, "tags": ",".join(tags), "from": label}})
         return record
 

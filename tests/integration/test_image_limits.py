@@ -18,7 +18,14 @@ from pycri.api import api_pb2
 from tests.integration.test_image_faults import NOTHING, database, request, visible_state
 from tests.support.busybox_images import PushedImage, busybox_layer, push_tagged
 from tests.support.daemon import PycriProcess
-from tests.support.hostile_tars import StreamedLayer, gzip_layer, huge_pax_tar, long_name_tar, zero_file_layer
+from tests.support.hostile_tars import (
+    StreamedLayer,
+    gzip_layer,
+    huge_pax_tar,
+    long_name_tar,
+    long_named_file_tar,
+    zero_file_layer,
+)
 from tests.support.oci_images import OCI_LAYER_TYPES, Layer, file_entry, make_image, make_layer, sha256_digest
 from tests.support.registry import LocalRegistry
 
@@ -115,6 +122,18 @@ def test_a_config_over_its_cap_is_refused_before_it_is_fetched(daemon: PycriProc
     error = refused_pull(daemon, pushed)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "images.limits.config_max_bytes" in (error.details() or "")
+    assert_nothing_left(daemon)
+
+
+def test_an_error_naming_a_long_entry_reaches_the_client_whole(daemon: PycriProcess, registry: LocalRegistry) -> None:
+    """A refused entry of 4000 undecodable bytes (24 KiB as shown) still gives a status, not a
+    broken connection: the message is cut below gRPC's metadata limit."""
+    name = b"\xff" * 4000 + b"/../x"
+    pushed = push_with_busybox(registry, "long-refused-name", long_named_file_tar(name))
+    error = refused_pull(daemon, pushed)
+    assert error.code() == grpc.StatusCode.DATA_LOSS
+    details = error.details() or ""
+    assert 1000 < len(details) < 4096 and details.endswith("more characters)")
     assert_nothing_left(daemon)
 
 

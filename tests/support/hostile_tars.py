@@ -108,3 +108,10 @@ def zero_file_layer(size: int) -> StreamedLayer:
     member = gzip_layer([zeros]).blob
     blob = gzip_layer([header]).blob + member * (size // piece) + gzip_layer([end]).blob
     return StreamedLayer(blob, "sha256:" + tar_hash.hexdigest(), len(header) + size + len(end))
+
+
+def long_named_file_tar(name: bytes) -> Iterator[bytes]:
+    """A small file whose name, given by a GNU long-name record, is `name`."""
+    yield raw_header(b"././@LongLink", GNU_LONG_NAME, len(name) + 1)
+    yield name + b"\0" + _padding(len(name) + 1)
+    yield from _small_file()
