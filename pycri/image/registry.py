@@ -1,15 +1,9 @@
 """Client for the OCI distribution API: resolve references to manifests and stream blobs.
 
-A reference's registry host is served by its endpoints: the mirrors configured
-for the host (only those, in order), or else the host itself (Docker Hub is
-``registry-1.docker.io``). Endpoints are tried in order; the next one is tried
-when one is unreachable or does not have the content. Blobs come from the
-endpoint that served the manifest first.
-
-Credentials go only to the registry they are for (AuthConfig.server_address, else the
-image's registry), to a mirror only when ``mirror_credentials`` names it, and never along
-a redirect to another origin. A layer's foreign ``urls`` are fetched only from hosts in
-``foreign_layer_hosts``; otherwise the layer must come from the registry.
+A registry host's endpoints (its mirrors, or the host itself: see endpoints.py) are tried
+in order; the next one is tried when one is unreachable or does not have the content.
+Blobs come from the endpoint that served the manifest first. Credentials go only where
+endpoints.py says they may, and never along a redirect to another origin.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import yarl
@@ -33,6 +26,7 @@ from pycri.image.auth import (
     load_docker_config,
     registry_host_of,
 )
+from pycri.image.endpoints import Endpoint, EndpointPolicy, RegistryOptions
 from pycri.image.manifest import (
     ACCEPTED_MANIFEST_MEDIA_TYPES,
     MANIFEST_SIZE_MAX,
@@ -51,8 +45,6 @@ from pycri.image.reference import Reference
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB_ENDPOINT_HOST = "registry-1.docker.io"
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 BLOB_CHUNK_SIZE = 256 * 1024
 # An index may point at another index; deeper nesting than this is refused.
 INDEX_DEPTH_MAX = 4
@@ -79,37 +71,6 @@ class RegistryUnavailable(RegistryError):
     """The registry could not be reached, timed out, or answered with a server error."""
 
 
-@dataclass
-class RegistryOptions:
-    # Registry host -> endpoint URLs ("http://localhost:5000", "https://mirror/prefix"); a host with
-    # mirrors is served only by them.
-    mirrors: dict[str, list[str]] = field(default_factory=dict)
-    # Hosts ("host" or "host:port") reached over plain HTTP; loopback hosts always are.
-    plain_http: set[str] = field(default_factory=set)
-    platform: str = "linux/amd64"
-    docker_config: str | Path | None = None
-    # Seconds allowed to connect and between two reads; a long download is never cut short.
-    timeout: float = 30.0
-    max_concurrent_downloads: int = 3
-    # Mirror URLs (as in ``mirrors``) that may be shown the credentials of the registry they serve.
-    mirror_credentials: set[str] = field(default_factory=set)
-    # Hosts ("host" or "host:port") whose foreign layer URLs may be fetched; none by default.
-    foreign_layer_hosts: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One server for a registry host; ``api_root`` is where ``/v2/<repository>/...`` lives."""
-
-    url: str
-    host: str
-    api_root: str
-    mirror: bool
-
-    def __str__(self) -> str:
-        return self.url
-
-
 @dataclass(frozen=True)
 class ResolvedImage:
     reference: Reference
@@ -133,8 +94,7 @@ class RegistryClient:
             raise ValueError("max_concurrent_downloads must be at least 1 and timeout positive")
         self._options = options
         self._platform = parse_platform(options.platform)
-        self._mirrors = {registry_host_of(host): urls for host, urls in options.mirrors.items()}
-        self._mirror_credentials = {self._endpoint(url, mirror=True).url for url in options.mirror_credentials}
+        self.policy = EndpointPolicy(options)
         self._downloads = asyncio.Semaphore(options.max_concurrent_downloads)
         self._session: aiohttp.ClientSession | None = None
         self._authorizer: Authorizer | None = None
@@ -152,18 +112,13 @@ class RegistryClient:
             self._authorizer = None
 
     def endpoints(self, domain: str) -> list[Endpoint]:
-        """The endpoints serving registry ``domain``, in the order they are tried."""
-        mirrors = self._mirrors.get(registry_host_of(domain))
-        if mirrors:
-            return [self._endpoint(url, mirror=True) for url in mirrors]
-        host = DOCKER_HUB_ENDPOINT_HOST if domain == "docker.io" else domain
-        return [self._endpoint(host, mirror=False)]
+        return self.policy.endpoints(domain)
 
     async def resolve(self, reference: Reference, credentials: Credentials | None = None) -> ResolvedImage:
         """Fetch the manifest ``reference`` names, choosing this client's platform from an index."""
         what = f"pull {reference}"
         failures: list[RegistryError] = []
-        for endpoint in self.endpoints(reference.domain):
+        for endpoint in self.policy.endpoints(reference.domain):
             try:
                 resolved = await self._resolve_at(endpoint, reference, credentials, what)
             except (NotFound, RegistryUnavailable) as error:
@@ -280,16 +235,16 @@ class RegistryClient:
     ) -> tuple[aiohttp.ClientResponse, str]:
         failures: list[RegistryError] = []
         # Foreign layers live at their own URLs, outside the registry and its authorization.
-        refused = [url for url in descriptor.urls if not self.foreign_url_allowed(url)]
+        refused = [url for url in descriptor.urls if not self.policy.foreign_url_allowed(url)]
         for url in descriptor.urls:
             if url in refused:
                 continue
             try:
-                return await self._send(url, {}, url, what, may_follow=self.foreign_url_allowed), url
+                return await self._send(url, {}, url, what, may_follow=self.policy.foreign_url_allowed), url
             except (NotFound, RegistryUnavailable, Unauthorized) as error:
                 failures.append(error)
         endpoints = [resolved.endpoint] + [
-            e for e in self.endpoints(resolved.reference.domain) if e != resolved.endpoint
+            e for e in self.policy.endpoints(resolved.reference.domain) if e != resolved.endpoint
         ]
         path = resolved.reference.path
         for endpoint in endpoints:
@@ -306,17 +261,6 @@ class RegistryClient:
                 " images.foreign_layer_hosts"
             )
         raise _combined(what, failures)
-
-    def foreign_url_allowed(self, url: str | yarl.URL) -> bool:
-        """True for an HTTP(S) URL whose host ("host" or "host:port") is in foreign_layer_hosts."""
-        try:
-            parsed = yarl.URL(url)
-        except ValueError:
-            return False
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            return False
-        allowed = self._options.foreign_layer_hosts
-        return parsed.host in allowed or (parsed.raw_authority or "") in allowed
 
     async def _get(
         self,
@@ -395,7 +339,7 @@ class RegistryClient:
     ) -> Credentials | None:
         """What ``endpoint`` may be shown: the given credentials when they are for it, else
         those docker config.json has for its host."""
-        if credentials is not None and self.credentials_reach(endpoint, reference, credentials):
+        if credentials is not None and self.policy.credentials_reach(endpoint, reference, credentials):
             return credentials
         if self._options.docker_config is None:
             return None
@@ -404,29 +348,6 @@ class RegistryClient:
         except ValueError as error:
             raise RegistryError(f"{what}: {error}") from None
         return configured.get(registry_host_of(endpoint.host))
-
-    def credentials_reach(self, endpoint: Endpoint, reference: Reference, credentials: Credentials) -> bool:
-        """True when ``credentials`` are for ``endpoint``: its host is theirs, or it is a mirror of
-        their registry that mirror_credentials names."""
-        registry = registry_host_of(reference.domain)
-        owner = credentials.server or registry
-        if registry_host_of(endpoint.host) == owner:
-            return True
-        return endpoint.mirror and owner == registry and endpoint.url in self._mirror_credentials
-
-    def _endpoint(self, location: str, mirror: bool) -> Endpoint:
-        if "://" not in location:
-            host = yarl.URL(f"//{location}").host or location
-            location = f"{'http' if self._plain_http(location, host) else 'https'}://{location}"
-        url = yarl.URL(location)
-        host_port = url.raw_authority
-        root = url.path.rstrip("/")
-        api_root = str(url.with_path(root if root.endswith("/v2") else f"{root}/v2"))
-        return Endpoint(url=str(url).rstrip("/"), host=host_port, api_root=api_root, mirror=mirror)
-
-    def _plain_http(self, host_port: str, hostname: str) -> bool:
-        plain = self._options.plain_http
-        return hostname in LOOPBACK_HOSTS or host_port in plain or hostname in plain
 
 
 def _parse(data: bytes, media_type: str | None, endpoint: Endpoint, what: str) -> ImageManifest | ImageIndex:

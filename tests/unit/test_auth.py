@@ -14,8 +14,8 @@ from pycri.image.auth import (
     parse_www_authenticate,
     registry_host_of,
 )
+from pycri.image.endpoints import EndpointPolicy, RegistryOptions
 from pycri.image.reference import parse_reference
-from pycri.image.registry import RegistryClient, RegistryOptions
 
 pytestmark = pytest.mark.unit
 
@@ -235,11 +235,11 @@ def test_which_endpoints_credentials_reach(
 ) -> None:
     reference = parse_reference(image)
     mirrors = {reference.domain: [MIRROR]} if endpoint_location == MIRROR else {}
-    client = RegistryClient(RegistryOptions(mirrors=mirrors, mirror_credentials=mirror_credentials))
-    [endpoint] = client.endpoints(reference.domain if mirrors else endpoint_location)
+    policy = EndpointPolicy(RegistryOptions(mirrors=mirrors, mirror_credentials=mirror_credentials))
+    [endpoint] = policy.endpoints(reference.domain if mirrors else endpoint_location)
     credentials = Credentials.from_auth_config("u", "p", server_address=server)
     assert credentials is not None
-    assert client.credentials_reach(endpoint, reference, credentials) is reaches
+    assert policy.credentials_reach(endpoint, reference, credentials) is reaches
 
 
 @pytest.mark.parametrize(
@@ -260,9 +260,9 @@ def test_which_endpoints_credentials_reach(
     ],
 )
 def test_foreign_layer_urls_need_an_allowed_host(url: str, allowed: bool) -> None:
-    client = RegistryClient(RegistryOptions(foreign_layer_hosts={"cdn.example", "files.example:8443"}))
-    assert client.foreign_url_allowed(url) is allowed
+    policy = EndpointPolicy(RegistryOptions(foreign_layer_hosts={"cdn.example", "files.example:8443"}))
+    assert policy.foreign_url_allowed(url) is allowed
 
 
 def test_no_foreign_layer_host_is_allowed_by_default() -> None:
-    assert not RegistryClient(RegistryOptions()).foreign_url_allowed("https://cdn.example/layer")
+    assert not EndpointPolicy(RegistryOptions()).foreign_url_allowed("https://cdn.example/layer")
