@@ -266,3 +266,10 @@ def test_foreign_layer_urls_need_an_allowed_host(url: str, allowed: bool) -> Non
 
 def test_no_foreign_layer_host_is_allowed_by_default() -> None:
     assert not EndpointPolicy(RegistryOptions()).foreign_url_allowed("https://cdn.example/layer")
+
+
+@given(st.text(max_size=200))
+def test_any_foreign_url_is_judged_without_raising(url: str) -> None:
+    allowed = EndpointPolicy(RegistryOptions(foreign_layer_hosts={"cdn.example"})).foreign_url_allowed(url)
+    assert allowed is False or "cdn.example" in url.lower()
+    assert EndpointPolicy(RegistryOptions()).foreign_url_allowed(url) is False
