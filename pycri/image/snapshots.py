@@ -145,7 +145,11 @@ class SnapshotStore:
                 done.add_done_callback(lambda finished: self._forget(chain_id, finished))
                 await self._wait(run)
                 return
-            # A failed run leaves has() false and this caller tries on its own.
+            if run.done.done():
+                # Ended, not yet forgotten: awaiting it would not yield, and _forget must run first.
+                await asyncio.sleep(0)
+                continue
+            # A failed (or cancelled) run leaves has() false and this caller tries on its own.
             with contextlib.suppress(Exception):
                 await self._wait(run)
 

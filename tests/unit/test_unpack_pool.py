@@ -106,3 +106,22 @@ def test_an_unpack_another_caller_waits_for_goes_on(tmp_path: Path, zeros_blob: 
     store.close()
     assert store.list() == [diff_id]
     assert (store.path(diff_id) / "zeros").stat().st_size == ZEROS
+
+
+def test_a_caller_that_joins_a_cancelled_unpack_gets_its_own(tmp_path: Path, zeros_blob: tuple[Path, str]) -> None:
+    blob, diff_id = zeros_blob
+    store = SnapshotStore(tmp_path / "root")
+
+    async def join_while_it_stops() -> None:
+        first = asyncio.ensure_future(store.unpack(diff_id, blob, GZIP, diff_id))
+        await until_unpacking(tmp_path / "root" / "snapshots")
+        first.cancel()
+        await asyncio.sleep(0)  # the first caller has asked the worker to stop
+        await store.unpack(diff_id, blob, GZIP, diff_id)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(join_while_it_stops())
+    store.close()
+    assert store.list() == [diff_id]
+    assert [entry.name for entry in (tmp_path / "root" / "snapshots").iterdir()] == [diff_id.removeprefix("sha256:")]
