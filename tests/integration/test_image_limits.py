@@ -116,6 +116,27 @@ def test_a_layer_over_the_entry_cap_is_refused(daemon: PycriProcess, registry: L
     assert_nothing_left(daemon)
 
 
+@pytest.mark.parametrize(
+    ("daemon", "key"),
+    [
+        ({"images": {"limits": {"layer_unpacked_max_bytes": MIB}}}, "layer_unpacked_max_bytes"),
+        ({"images": {"limits": {"image_unpacked_max_bytes": MIB}}}, "image_unpacked_max_bytes"),
+    ],
+    indirect=["daemon"],
+)
+def test_unpacked_size_caps(daemon: PycriProcess, registry: LocalRegistry, key: str) -> None:
+    """Two 768 KiB files: in one layer they go over a 1 MiB layer cap; in two layers each layer
+    stays under 1 MiB but the image goes over a 1 MiB image cap."""
+    small = [make_layer([file_entry(f"d{n}/f", b"z" * (768 * 1024))]) for n in range(2)]
+    together = make_layer([file_entry(f"d{n}/f", b"z" * (768 * 1024)) for n in range(2)])
+    layers = [together] if key == "layer_unpacked_max_bytes" else small
+    pushed = push_tagged(registry.url, f"pycri-test/{key.replace('_', '-')}", ("v1",), make_image(layers))
+    error = refused_pull(daemon, pushed)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"images.limits.{key}" in (error.details() or "")
+    assert_nothing_left(daemon)
+
+
 def test_a_config_over_its_cap_is_refused_before_it_is_fetched(daemon: PycriProcess, registry: LocalRegistry) -> None:
     image = make_image([busybox_layer()], {"Labels": {"padding": "p" * (9 * MIB)}})
     pushed = push_tagged(registry.url, "pycri-test/big-config", ("v1",), image)
