@@ -103,7 +103,10 @@ class SnapshotStore:
         self._workers = concurrent.futures.ThreadPoolExecutor(unpack_workers, thread_name_prefix="unpack")
 
     def close(self) -> None:
-        """Stop the pool; unpacks not started yet never start."""
+        """Stop the pool: unpacks not started yet never start, running ones stop at their next
+        entry (the process would wait for them at exit); a next start discards what they left."""
+        for run in self._inflight.values():
+            run.guard.cancelled.set()
         self._workers.shutdown(wait=False, cancel_futures=True)
 
     def path(self, chain_id: str) -> Path:

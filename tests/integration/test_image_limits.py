@@ -184,4 +184,21 @@ def test_a_cancelled_pull_stops_its_unpack_and_leaves_nothing(daemon: PycriProce
     assert os.listdir(snapshots) == []
     log = daemon.log_path.read_text()
     assert "stopped the unpack of a cancelled pull" in log
-    assert "unpacked layer" not in log
+    assert 'msg="unpacked layer"' not in log
+
+
+def test_a_daemon_stopped_mid_unpack_leaves_nothing_after_its_next_start(
+    daemon: PycriProcess, registry: LocalRegistry
+) -> None:
+    image = make_image([as_layer(zero_file_layer(4096 * MIB))], {"Labels": {"t": "zeros-stop"}})
+    pushed = push_tagged(registry.url, "pycri-test/zeros-stop", ("v1",), image)
+    snapshots = daemon.base / "root" / "snapshots"
+    pull = daemon.images().PullImage.future(request(pushed), timeout=600)
+    while not any(p.name.startswith("tmp-") for p in snapshots.iterdir()):
+        assert not pull.done(), f"the pull ended before its unpack was seen: {pull.exception()}"
+        time.sleep(0.01)
+    assert daemon.stop() == 0
+    assert pull.exception() is not None
+    daemon.start()
+    assert_nothing_left(daemon)
+    assert 'msg="unpacked layer"' not in daemon.log_path.read_text()
