@@ -17,25 +17,31 @@ MAX_PATH_LENGTH = 4095  # PATH_MAX less its NUL
 
 
 def has_control_character(value: str) -> bool:
-    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in value)
+    """C0 and C1 controls and DEL: nothing a name or a log file's path needs, and NUL ends a C string."""
+    return any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in value)
+
+
+def _has_space(value: str) -> bool:
+    # Kubernetes names and log paths never hold one; conmon dies on a container name or log path with one.
+    return any(char.isspace() for char in value)
 
 
 def check_name(value: str, field: str, max_length: int = MAX_NAME_LENGTH) -> None:
     """InvalidArgument unless `value` can be one component of a path: not empty, no '/', no '..',
-    no NUL or other control character, at most `max_length` characters."""
+    no space, NUL or other control character, at most `max_length` characters."""
     if not value:
         raise InvalidArgument(f"{field} is required")
     if len(value) > max_length:
         raise InvalidArgument(f"{field}: {value[:32]!r}... is longer than {max_length} characters")
-    if "/" in value or ".." in value or value == "." or has_control_character(value):
-        raise InvalidArgument(f"{field}: {value!r} may not hold '/', '..', NUL or control characters")
+    if "/" in value or ".." in value or value == "." or has_control_character(value) or _has_space(value):
+        raise InvalidArgument(f"{field}: {value!r} may not hold '/', '..', spaces, NUL or control characters")
 
 
 def _check_path(value: str, field: str) -> PurePosixPath:
     if len(value) > MAX_PATH_LENGTH:
         raise InvalidArgument(f"{field}: longer than {MAX_PATH_LENGTH} characters")
-    if "\0" in value:
-        raise InvalidArgument(f"{field}: {value!r} holds a NUL character")
+    if has_control_character(value) or _has_space(value):
+        raise InvalidArgument(f"{field}: {value!r} holds a space, NUL or other control character")
     path = PurePosixPath(value)
     if ".." in path.parts:
         raise InvalidArgument(f"{field}: {value!r} may not hold '..'")
@@ -43,7 +49,7 @@ def _check_path(value: str, field: str) -> PurePosixPath:
 
 
 def check_absolute_path(value: str, field: str) -> None:
-    """InvalidArgument unless `value` is an absolute path without NUL or '..' components."""
+    """InvalidArgument unless `value` is an absolute path without '..' components, spaces or control characters."""
     if not _check_path(value, field).is_absolute():
         raise InvalidArgument(f"{field}: {value!r} is not an absolute path")
 

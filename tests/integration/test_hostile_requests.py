@@ -22,7 +22,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pycri.api import api_pb2
+from pycri.errors import InvalidArgument
 from pycri.image.reference import InvalidReference, parse_reference
+from pycri.request_fields import check_name, check_relative_path
 from tests.support.busybox_images import TestImages
 from tests.support.leaks import take, wait_for_no_leaks
 from tests.support.pods import RPC_TIMEOUT, Workloads, container_config, node_with_images, workloads_on
@@ -313,3 +315,119 @@ def test_a_bad_pod_cidr_is_invalid_argument(workloads: Workloads) -> None:
         workloads.runtime.UpdateRuntimeConfig(request, timeout=RPC_TIMEOUT)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "pod_cidr" in refused.value.details()
+
+
+SWEEP = settings(
+    max_examples=30,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+
+
+def _answer(run: Any, what: str, request: Message) -> Any:
+    """The reply, or None when refused with a proper status."""
+    try:
+        return run()
+    except grpc.RpcError as error:
+        assert error.code() not in IMPROPER, f"{what} answered {error.code()}: {error.details()} to {request!r:.2000}"
+        return None
+
+
+def test_valid_pods_with_hostile_fields_merged_in(workloads: Workloads) -> None:
+    """Deeper than random messages reach: a valid pod with some of its fields overwritten."""
+    daemon = workloads.node.daemon
+    before, counts = take(daemon), _counts(workloads)
+
+    @SWEEP
+    @given(hostile=messages(api_pb2.PodSandboxConfig.DESCRIPTOR))
+    def sweep(hostile: api_pb2.PodSandboxConfig) -> None:
+        config = workloads.pod_config("sweep")
+        config.MergeFrom(hostile)
+        request = api_pb2.RunPodSandboxRequest(config=config)
+        reply = _answer(lambda: workloads.runtime.RunPodSandbox(request, timeout=RPC_TIMEOUT), "RunPodSandbox", request)
+        if reply is not None:
+            workloads.remove_pod(reply.pod_sandbox_id)
+
+    sweep()
+    assert _counts(workloads) == counts
+    wait_for_no_leaks(daemon, before)
+
+
+def _known_unchecked(config: api_pb2.ContainerConfig) -> bool:
+    """Fields pycri/container/ does not check yet; test_container_name_and_log_path_are_checked pins them."""
+    try:
+        check_name(config.metadata.name, "config.metadata.name")
+        if config.log_path:
+            check_relative_path(config.log_path, "config.log_path")
+            if not config.log_path.isascii():
+                return True  # conmon dies on it and CreateContainer answers INTERNAL (ESRCH)
+    except InvalidArgument:
+        return True
+    return config.stop_signal not in api_pb2.Signal.values()
+
+
+def test_valid_containers_with_hostile_fields_merged_in(workloads: Workloads, busybox: str) -> None:
+    daemon = workloads.node.daemon
+    before, counts = take(daemon), _counts(workloads)
+    pod = workloads.pod("hostile-containers")
+
+    @SWEEP
+    @given(hostile=messages(api_pb2.ContainerConfig.DESCRIPTOR))
+    def sweep(hostile: api_pb2.ContainerConfig) -> None:
+        config = container_config("c", busybox, "true")
+        hostile.linux.ClearField("resources")  # pycri/oci/spec_resources.py passes any number on to runc
+        config.MergeFrom(hostile)
+        assume(not _known_unchecked(config))
+        request = api_pb2.CreateContainerRequest(pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config)
+        reply = _answer(
+            lambda: workloads.runtime.CreateContainer(request, timeout=RPC_TIMEOUT), "CreateContainer", request
+        )
+        if reply is not None:
+            workloads.remove(reply.container_id)
+
+    sweep()
+    assert workloads.list() == []
+    workloads.remove_pod(pod.id)
+    assert _counts(workloads) == counts
+    wait_for_no_leaks(daemon, before)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pycri/container/ and oci/spec_resources.py must check these (see the request-validation report)",
+)
+@pytest.mark.parametrize(
+    ("field", "fields"),
+    [
+        ("config.metadata.name", {"metadata": api_pb2.ContainerMetadata(name="c\0")}),
+        ("config.metadata.name", {"metadata": api_pb2.ContainerMetadata(name="../c")}),
+        ("config.log_path", {"log_path": "c\0.log"}),
+        ("config.log_path", {"log_path": "c\x80.log"}),
+        ("config.metadata.name", {"metadata": api_pb2.ContainerMetadata(name=" ")}),
+        ("config.stop_signal", {"stop_signal": -1}),
+        ("config.log_path", {"log_path": " "}),
+        ("config.log_path", {"log_path": "\u00a1"}),
+        ("config.linux.resources.cpu_period", {"linux": {"resources": {"cpu_period": -1}}}),
+        ("config.linux.resources.memory_limit_in_bytes", {"linux": {"resources": {"memory_limit_in_bytes": -5}}}),
+    ],
+)
+def test_container_name_and_log_path_are_checked(
+    workloads: Workloads, busybox: str, field: str, fields: dict[str, Any]
+) -> None:
+    daemon = workloads.node.daemon
+    before, counts = take(daemon), _counts(workloads)
+    pod = workloads.pod("checked-fields")
+    config = container_config("c", busybox, "true")
+    config.MergeFrom(api_pb2.ContainerConfig(**fields))
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            workloads.create(pod, config)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert field in refused.value.details()
+    finally:
+        for container in workloads.list():
+            workloads.remove(container.id)
+        workloads.remove_pod(pod.id)
+    assert _counts(workloads) == counts
+    wait_for_no_leaks(daemon, before)

@@ -25,7 +25,9 @@ def test_names_a_kubelet_sends_are_accepted(value: str) -> None:
     check_name(value, "config.metadata.name")
 
 
-@pytest.mark.parametrize("value", ["", "/", "a/b", "..", ".", "a..b", "a\0b", "a\nb", "a\x7fb", "x" * 254])
+@pytest.mark.parametrize(
+    "value", ["", "/", "a/b", "..", ".", "a..b", "a\0b", "a\nb", "a\x7fb", "a\x80b", " ", "a b", "x" * 254]
+)
 def test_names_that_could_leave_their_directory_are_refused(value: str) -> None:
     with pytest.raises(InvalidArgument, match="^config.metadata.name"):
         check_name(value, "config.metadata.name")
@@ -51,7 +53,7 @@ def test_paths_that_are_not_absolute_or_climb_are_refused(value: str) -> None:
         check_absolute_path(value, "config.log_directory")
 
 
-@pytest.mark.parametrize("value", ["/etc/passwd", "../x", "a/../../x", "a\0"])
+@pytest.mark.parametrize("value", ["/etc/passwd", "../x", "a/../../x", "a\0", "a\x80", " "])
 def test_relative_paths_that_escape_are_refused(value: str) -> None:
     with pytest.raises(InvalidArgument, match="^config.log_path"):
         check_relative_path(value, "config.log_path")

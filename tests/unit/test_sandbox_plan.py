@@ -191,7 +191,9 @@ def test_kubelet_metadata_is_accepted(settings: Config) -> None:
     assert plan.log_directory == str(expected)
 
 
-@pytest.mark.parametrize("directory", ["logs", "/var/log/../../etc", "/var/log/pods/a\0b", "/" + "a" * 4096])
+@pytest.mark.parametrize(
+    "directory", ["logs", "/var/log/../../etc", "/var/log/pods/a\0b", "/var/log/\x80", "/" + "a" * 4096]
+)
 def test_a_log_directory_must_be_absolute_and_stay_put(settings: Config, directory: str) -> None:
     with pytest.raises(InvalidArgument, match="config.log_directory"):
         plan_sandbox(pod(log_directory=directory), "", settings)
