@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 
 import pytest
 from hypothesis import given
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from pycri.api import api_pb2
 from pycri.errors import InvalidArgument
+from pycri.ids import find_by_id
 from pycri.image.reference import check_image_field
 from pycri.request_fields import check_absolute_path, check_name, check_relative_path
 from pycri.server.image.pull_image import _check_auth
@@ -106,3 +108,17 @@ def test_good_auth_passes() -> None:
 def test_bad_auth_names_the_field(auth: api_pb2.AuthConfig, field: str) -> None:
     with pytest.raises(InvalidArgument, match=f"^{field}"):
         _check_auth(auth)
+
+
+def test_lookup_by_id_is_exact_then_unique_prefix_never_a_substring() -> None:
+    objects = {"ab12": "first", "ab12ff": "second", "cdab12": "third"}
+    find = functools.partial(find_by_id, field="container_id", by_full_id=objects.get, all_ids=objects.keys)
+    assert find("ab12") == "first"  # exact, though it is also a prefix of another id
+    assert find("ab12f") == "second"
+    assert find("cd") == "third"
+    assert find("b12") is None  # inside two ids, at the start of none
+    assert find("12ff") is None
+    with pytest.raises(InvalidArgument, match="ambiguous"):
+        find("ab")
+    with pytest.raises(InvalidArgument, match="container_id is required"):
+        find("")
