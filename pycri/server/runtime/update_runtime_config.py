@@ -1,25 +1,17 @@
 """UpdateRuntimeConfig: kubelet hands over the node's pod CIDR for CNI."""
 
-import ipaddress
-
 from pycri.api import api_pb2
 from pycri.daemon import Daemon
 from pycri.errors import InvalidArgument
-
-FIELD = "runtime_config.network_config.pod_cidr"
+from pycri.network.cni import parse_pod_cidrs
 
 
 def check_pod_cidr(text: str) -> None:
-    """InvalidArgument unless `text` is empty or CIDRs joined by commas (a dual-stack kubelet sends two)."""
-    if not text:
-        return
-    for cidr in text.split(","):
-        try:
-            if "/" not in cidr:
-                raise ValueError(cidr)
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise InvalidArgument(f"{FIELD}: {cidr!r} is not a CIDR") from None
+    """InvalidArgument unless the network can take `text`: CIDRs joined by commas (a dual-stack kubelet sends two)."""
+    try:
+        parse_pod_cidrs(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"runtime_config.network_config.pod_cidr: {text!r}: {exc}") from None
 
 
 async def handle(daemon: Daemon, request: api_pb2.UpdateRuntimeConfigRequest) -> api_pb2.UpdateRuntimeConfigResponse:
