@@ -67,6 +67,10 @@ class DigestMismatch(RegistryError):
     """Content did not match its digest or size."""
 
 
+class TooLarge(RegistryError):
+    """A manifest, index or config bigger than pycri takes."""
+
+
 class RegistryUnavailable(RegistryError):
     """The registry could not be reached, timed out, or answered with a server error."""
 
@@ -369,13 +373,13 @@ def _combined(what: str, failures: list[RegistryError]) -> RegistryError:
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int, context: str) -> bytes:
     if response.content_length is not None and response.content_length > limit:
-        raise RegistryError(f"{context}: {response.content_length} bytes is more than the {limit} allowed")
+        raise TooLarge(f"{context}: {response.content_length} bytes is more than the {limit} allowed")
     data = bytearray()
     try:
         async for chunk in response.content.iter_any():
             data += chunk
             if len(data) > limit:
-                raise RegistryError(f"{context}: more than the {limit} bytes allowed")
+                raise TooLarge(f"{context}: more than the {limit} bytes allowed")
     except (TimeoutError, aiohttp.ClientError) as error:
         raise RegistryUnavailable(f"{context}: {_describe(error)}") from error
     return bytes(data)

@@ -181,6 +181,8 @@ class ImageService:
             raise Unauthenticated(str(exc)) from exc
         except registry.DigestMismatch as exc:
             raise DataLoss(str(exc)) from exc
+        except registry.TooLarge as exc:
+            raise ResourceExhausted(_bounded(str(exc))) from exc
         except registry.RegistryError as exc:
             raise Unavailable(str(exc)) from exc
         except LimitExceeded as exc:

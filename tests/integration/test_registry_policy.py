@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 from pycri.image.auth import Credentials, basic_authorization
-from pycri.image.manifest import Descriptor
+from pycri.image.manifest import MANIFEST_SIZE_MAX, Descriptor
 from pycri.image.reference import parse_reference
-from pycri.image.registry import NotFound, RegistryClient, RegistryError, RegistryOptions, Unauthorized
+from pycri.image.registry import NotFound, RegistryClient, RegistryError, RegistryOptions, TooLarge, Unauthorized
 from tests.support.busybox_images import TestImages
 from tests.support.registry import LocalRegistry
 
@@ -272,3 +272,16 @@ async def test_an_allowed_foreign_host_may_not_redirect_to_another(peers: StartP
 
     assert [path for path, _ in allowed.requests] == ["/b"]
     assert internal.requests == []
+
+
+async def test_a_manifest_over_the_cap_is_refused_before_it_is_parsed(peers: StartPeer) -> None:
+    async def huge_manifest(peer: Peer, request: web.Request) -> web.StreamResponse:
+        if "/manifests/" not in request.path:
+            return web.Response(status=200, text="{}")  # the /v2/ ping
+        body = b'{"schemaVersion": 2, "padding": "' + b"x" * (MANIFEST_SIZE_MAX + 1) + b'"}'
+        return web.Response(body=body, content_type="application/vnd.oci.image.manifest.v1+json")
+
+    huge = await peers(huge_manifest)
+    async with registry_client() as client:  # loopback hosts are plain HTTP
+        with pytest.raises(TooLarge, match=f"more than the {MANIFEST_SIZE_MAX}"):
+            await client.resolve(parse_reference(f"{huge.host}/big/manifest:latest"))
