@@ -61,7 +61,7 @@ DOCKER_LAYER_MEDIA_TYPES = {
     "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
 }
-CONFIG_SIZE_MAX = 16 * 1024 * 1024
+CONFIG_SIZE_MAX = 8 * 1024 * 1024  # the default of images.limits.config_max_bytes
 _OCI_LAYOUT_SIZE_MAX = 4096
 # An index may name another index; deeper nesting than this is refused.
 _NESTING_MAX = 4
@@ -181,10 +181,11 @@ def _named_digest(path: str) -> str | None:
 class ImageArchive:
     """An archive file opened for reading; `images` holds its images for one platform."""
 
-    def __init__(self, path: Path, platform: Platform) -> None:
+    def __init__(self, path: Path, platform: Platform, config_max_bytes: int = CONFIG_SIZE_MAX) -> None:
         """Index and parse the archive: blocking, run it in a thread."""
         self._path = path
         self._platform = platform
+        self._config_max_bytes = config_max_bytes
         self._decompress: Callable[[Path], io.BufferedIOBase] | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
         self._layers: dict[str, _Member] = {}
@@ -326,7 +327,7 @@ class ImageArchive:
     def _oci_source(self, descriptor: Descriptor, data: bytes, indexes: dict[str, bytes]) -> ImageSource:
         manifest = parse_manifest(data, descriptor.media_type)
         assert isinstance(manifest, ImageManifest)
-        config_bytes = self._read_blob(manifest.config, CONFIG_SIZE_MAX)
+        config_bytes = self._read_blob(manifest.config, self._config_max_bytes)
         for layer in manifest.layers:
             algorithm, _, hex_part = layer.digest.partition(":")
             member = self._member(f"blobs/{algorithm}/{hex_part}")
@@ -350,7 +351,7 @@ class ImageArchive:
         return [self._docker_image(entry) for entry in entries]
 
     def _docker_image(self, entry: DockerSaveEntry) -> ArchivedImage:
-        config_bytes = self._read(self._member(entry.config), CONFIG_SIZE_MAX)
+        config_bytes = self._read(self._member(entry.config), self._config_max_bytes)
         config = Descriptor(DOCKER_CONFIG_MEDIA_TYPE, digest_of(config_bytes), len(config_bytes))
         named = _named_digest(entry.config)
         if named is not None and named != config.digest:

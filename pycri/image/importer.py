@@ -89,7 +89,8 @@ async def import_archive(
     failing image; the images before it stay imported."""
     label = f"import {path}"
     try:
-        archive = await asyncio.to_thread(ImageArchive, path, platform)
+        config_max = service.limits.config_max_bytes
+        archive = await asyncio.to_thread(ImageArchive, path, platform, config_max)
     except ArchiveError as exc:
         raise InvalidArgument(f"{label}: {exc}") from None
     try:

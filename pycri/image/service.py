@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pycri.api import api_pb2
-from pycri.config import Config
+from pycri.config import Config, ImageLimits
 from pycri.errors import (
     DataLoss,
     DeadlineExceeded,
@@ -192,6 +192,10 @@ class ImageService:
         seconds = round(time.monotonic() - started, 3)
         log.info("pulled image", extra={"fields": {"ref": str(ref), "id": image_id, "seconds": seconds}})
         return image_id
+
+    @property
+    def limits(self) -> ImageLimits:
+        return self._config.images.limits
 
     def parse(self, image: str) -> Reference:
         try:
