@@ -27,14 +27,16 @@ def _has_space(value: str) -> bool:
 
 
 def check_name(value: str, field: str, max_length: int = MAX_NAME_LENGTH) -> None:
-    """InvalidArgument unless `value` can be one component of a path: not empty, no '/', no '..',
-    no space, NUL or other control character, at most `max_length` characters."""
+    """InvalidArgument unless `value` can be one component of a path and a CNI_ARGS value: not
+    empty, no '/', ';', '..', space, NUL or other control character, at most `max_length` characters."""
     if not value:
         raise InvalidArgument(f"{field} is required")
     if len(value) > max_length:
         raise InvalidArgument(f"{field}: {value[:32]!r}... is longer than {max_length} characters")
-    if "/" in value or ".." in value or value == "." or has_control_character(value) or _has_space(value):
-        raise InvalidArgument(f"{field}: {value!r} may not hold '/', '..', spaces, NUL or control characters")
+    # ';' separates CNI_ARGS, which carry the pod's name, namespace and uid to the plugins.
+    unsafe = any(char in value for char in "/;") or ".." in value or value == "."
+    if unsafe or has_control_character(value) or _has_space(value):
+        raise InvalidArgument(f"{field}: {value!r} may not hold '/', ';', '..', spaces, NUL or control characters")
 
 
 def _check_path(value: str, field: str) -> PurePosixPath:
