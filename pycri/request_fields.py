@@ -22,13 +22,14 @@ def has_control_character(value: str) -> bool:
 
 
 def _has_space(value: str) -> bool:
-    # Kubernetes names and log paths never hold one; conmon dies on a container name or log path with one.
-    return any(char.isspace() for char in value)
+    # Kubernetes names and log paths never hold one, nor anything but ASCII; conmon, which gets
+    # the container's name and log path, dies on a space or on non-ASCII text in either.
+    return any(char.isspace() for char in value) or not value.isascii()
 
 
 def check_name(value: str, field: str, max_length: int = MAX_NAME_LENGTH) -> None:
     """InvalidArgument unless `value` can be one component of a path and a CNI_ARGS value: not
-    empty, no '/', ';', '..', space, NUL or other control character, at most `max_length` characters."""
+    empty, ASCII, no '/', ';', '..', space, NUL or other control character, at most `max_length` characters."""
     if not value:
         raise InvalidArgument(f"{field} is required")
     if len(value) > max_length:
@@ -36,14 +37,16 @@ def check_name(value: str, field: str, max_length: int = MAX_NAME_LENGTH) -> Non
     # ';' separates CNI_ARGS, which carry the pod's name, namespace and uid to the plugins.
     unsafe = any(char in value for char in "/;") or ".." in value or value == "."
     if unsafe or has_control_character(value) or _has_space(value):
-        raise InvalidArgument(f"{field}: {value!r} may not hold '/', ';', '..', spaces, NUL or control characters")
+        raise InvalidArgument(
+            f"{field}: {value!r} may not hold '/', ';', '..', spaces, non-ASCII, NUL or control characters"
+        )
 
 
 def _check_path(value: str, field: str) -> PurePosixPath:
     if len(value) > MAX_PATH_LENGTH:
         raise InvalidArgument(f"{field}: longer than {MAX_PATH_LENGTH} characters")
     if has_control_character(value) or _has_space(value):
-        raise InvalidArgument(f"{field}: {value!r} holds a space, NUL or other control character")
+        raise InvalidArgument(f"{field}: {value!r} holds a space, non-ASCII text, NUL or another control character")
     path = PurePosixPath(value)
     if ".." in path.parts:
         raise InvalidArgument(f"{field}: {value!r} may not hold '..'")

@@ -25,6 +25,7 @@ from pycri.oci.runtime import OciRuntimeError
 from pycri.oci.spec import ContainerSpecInput, container_spec
 from pycri.oci.spec_mounts import missing_bind_sources
 from pycri.proc import ProcessRef, start_time
+from pycri.request_fields import check_relative_path
 from pycri.sandbox.paths import sandbox_paths
 from pycri.state import containers
 from pycri.state.containers import ContainerRecord, ContainerState, ProcessUser
@@ -39,8 +40,7 @@ INTENT = "create_container"
 def log_path_of(sandbox: SandboxRecord, config: api_pb2.ContainerConfig, layers: Path) -> Path:
     if not config.log_path:
         return layers / "container.log"
-    if Path(config.log_path).is_absolute() or ".." in Path(config.log_path).parts:
-        raise InvalidArgument(f"config.log_path: {config.log_path!r} must be relative to the pod's log directory")
+    check_relative_path(config.log_path, "config.log_path")
     if not sandbox.log_directory:
         raise InvalidArgument("config.log_path: the pod sandbox has no log_directory")
     return Path(sandbox.log_directory) / config.log_path

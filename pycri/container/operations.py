@@ -45,7 +45,7 @@ async def update_resources(
     if record.state is ContainerState.EXITED:
         raise FailedPrecondition(f"container {record.id} has exited")
     try:
-        await ctx.runtime(record.runtime_handler).update(record.id, linux_resources(resources))
+        await ctx.runtime(record.runtime_handler).update(record.id, linux_resources(resources, field="linux"))
     except OciRuntimeError as exc:
         raise runtime_error(exc, f"update resources of container {record.id}", FailedPrecondition) from exc
     await ctx.state.update_container(record.id, lambda current: containers.resources_updated(current, resources))

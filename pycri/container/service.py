@@ -21,6 +21,7 @@ from pycri.container.views import container_entry, container_status, matches, ve
 from pycri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pycri.ids import find_by_id, find_quietly
 from pycri.oci.exit_watch import ExitWatch
+from pycri.request_fields import check_name
 from pycri.state.containers import ContainerRecord, ContainerState, reserved_name
 from pycri.state.views import ViewCache, repeated_field
 
@@ -120,8 +121,7 @@ class ContainerService:
     async def create(
         self, sandbox_id: str, config: api_pb2.ContainerConfig, sandbox_config: api_pb2.PodSandboxConfig
     ) -> str:
-        if not config.metadata.name:
-            raise InvalidArgument("config.metadata.name: empty")
+        check_name(config.metadata.name, "config.metadata.name")
         if not config.image.image:
             raise InvalidArgument("config.image.image: empty")
         if not sandbox_id:

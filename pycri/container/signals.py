@@ -36,6 +36,8 @@ def signal_number(name: str) -> int:
 
 def stop_signal(config: api_pb2.ContainerConfig, image_config: dict[str, Any]) -> int:
     if config.stop_signal != api_pb2.Signal.SIGNAL_RUNTIME_DEFAULT:
+        if config.stop_signal not in api_pb2.Signal.values():
+            raise InvalidArgument(f"config.stop_signal: unknown signal {config.stop_signal}")
         return signal_number(api_pb2.Signal.Name(config.stop_signal).removeprefix("SIGNAL_"))
     image_signal = (image_config.get("config") or {}).get("StopSignal")
     if image_signal:

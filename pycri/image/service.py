@@ -322,23 +322,34 @@ class ImageService:
     # -- lookups ------------------------------------------------------------
 
     def find(self, image: str) -> ImageRecord | None:
-        """The image that `image` names: an ID, a unique ID prefix, or a reference. Memory
-        only: safe from any thread."""
+        """The image that `image` names. Memory only: safe from any thread."""
+        return self._locate(image)[0]
+
+    def _locate(self, image: str) -> tuple[ImageRecord | None, bool]:
+        """(the image, whether it was found by ID). In this order: a full ID, a name (so a tag
+        made of hex digits is that tag, never someone's ID), a unique ID prefix."""
         if not image:
             raise InvalidArgument("image: an image reference or ID is required")
         hex_part = image.removeprefix("sha256:")
-        if hex_part and set(hex_part) <= _HEX:
-            candidates = self.metadata.find_by_id_prefix("sha256:" + hex_part)
-            if len(candidates) == 1:
-                return candidates[0]
-            if is_image_id(image):
-                return None
-        try:
-            ref = parse_reference(image)
-        except InvalidReference as exc:
-            raise InvalidArgument(str(exc)) from None
-        image_id = self.metadata.resolve_name(ref.repo_digest or ref.repo_tag or ref.name)
-        return None if image_id is None else self.metadata.get(image_id)
+        if is_image_id(image):
+            return self.metadata.get("sha256:" + hex_part), True
+        looks_like_id = bool(hex_part) and set(hex_part) <= _HEX
+        if not image.startswith("sha256:"):
+            try:
+                ref = parse_reference(image)
+            except InvalidReference as exc:
+                if not looks_like_id:
+                    raise InvalidArgument(str(exc)) from None
+            else:
+                image_id = self.metadata.resolve_name(ref.repo_digest or ref.repo_tag or ref.name)
+                if image_id is not None:
+                    return self.metadata.get(image_id), False
+        if not looks_like_id:
+            return None, False
+        candidates = self.metadata.find_by_id_prefix("sha256:" + hex_part)
+        if len(candidates) > 1:
+            raise InvalidArgument(f"image ID prefix {image!r} is ambiguous: it matches {len(candidates)} images")
+        return (candidates[0] if candidates else None), True
 
     def to_proto(self, record: ImageRecord) -> api_pb2.Image:
         uid, username = image_user(record.config)
@@ -389,10 +400,11 @@ class ImageService:
 
     async def _remove(self, image: str) -> None:
         async with self._removing:  # one intent per image at a time
-            record = await self.lookup(image)
+            await self._catch_up()  # what a `pycri images` command changed
+            record, by_id = self._locate(image)
             if record is None:
                 return
-            ref = None if is_image_id(image) or image.removeprefix("sha256:") in record.id else self.parse(image)
+            ref = None if by_id else self.parse(image)
             tag = ref.repo_tag if ref is not None and ref.repo_tag in record.tags and not ref.digest else None
             whole = tag is None or record.tags == [tag]
             plan = {

@@ -188,9 +188,16 @@ async def _release_and_wait(
     sync_file = io.FileIO(sync_read, "rb")
     try:
         with io.FileIO(start_write, "wb") as start_pipe:
+            alive = True
             if req.place_conmon is not None:
-                await asyncio.to_thread(req.place_conmon, conmon.pid)
-            start_pipe.write(b"\0")
+                try:
+                    await asyncio.to_thread(req.place_conmon, conmon.pid)
+                except ProcessLookupError:
+                    # conmon died before it could be placed (it refused its arguments): its
+                    # own words come next, from its stderr and exit status.
+                    alive = False
+            if alive:
+                start_pipe.write(b"\0")
         # This first conmon forks the monitor and exits; its stderr holds errors from before the fork.
         _, stderr = await conmon.communicate()
         if conmon.returncode != 0:

@@ -40,12 +40,15 @@ _ALL_DEVICES_RULE: list[dict[str, Any]] = [{"allow": True, "access": "rwm"}]
 _HOST_DEV_SKIPPED = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
 
 
-def linux_resources(resources: api_pb2.LinuxContainerResources, host: HostFacts | None = None) -> dict[str, Any]:
+def linux_resources(
+    resources: api_pb2.LinuxContainerResources, host: HostFacts | None = None, field: str = "linux.resources"
+) -> dict[str, Any]:
     """OCI linux.resources from CRI resources; zero fields are left out (CRI's "not set").
 
     The swap limit follows kubelet's expectation: equal to the memory limit (no swap) unless given.
     Controllers the host lacks (memsw, hugetlb, unified files on cgroup v1) are skipped with a log line.
     """
+    _check_ranges(resources, field)
     host = host or probe_host()
     result: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
@@ -89,6 +92,24 @@ def linux_resources(resources: api_pb2.LinuxContainerResources, host: HostFacts 
                 "unified cgroup settings skipped on cgroup v1", extra={"fields": {"keys": sorted(resources.unified)}}
             )
     return result
+
+
+# Fields no value below 0 makes sense for; -1 ("no limit") is allowed for cpu_quota and swap.
+_NON_NEGATIVE = ("cpu_period", "cpu_shares", "memory_limit_in_bytes")
+_UNLIMITED_OR_MORE = ("cpu_quota", "memory_swap_limit_in_bytes")
+
+
+def _check_ranges(resources: api_pb2.LinuxContainerResources, field: str) -> None:
+    """SpecError naming a resource value runc would refuse only later (and as UNKNOWN)."""
+    for name in _NON_NEGATIVE:
+        if getattr(resources, name) < 0:
+            raise SpecError(f"{field}.{name}: {getattr(resources, name)} is negative")
+    for name in _UNLIMITED_OR_MORE:
+        if getattr(resources, name) < -1:
+            raise SpecError(f"{field}.{name}: {getattr(resources, name)} is below -1 (no limit)")
+    for index, limit in enumerate(resources.hugepage_limits):
+        if limit.limit < 0:
+            raise SpecError(f"{field}.hugepage_limits[{index}].limit: {limit.limit} is negative")
 
 
 def device_cgroup_rules(privileged: bool) -> list[dict[str, Any]]:
