@@ -15,9 +15,10 @@ from pycri.cgroups import CgroupManager, make_cgroup_manager
 from pycri.config import Config
 from pycri.container.context import ContainerContext
 from pycri.container.service import ContainerService
+from pycri.errors import InvalidArgument
 from pycri.hostinfo import HostInfo, collect_host_info, is_executable
 from pycri.image.service import ImageService
-from pycri.network.cni import CniManager
+from pycri.network.cni import CniManager, parse_pod_cidrs
 from pycri.network.cni_config import installed_default_config
 from pycri.oci.apparmor import APPARMOR_PARSER, load_default_profile
 from pycri.oci.driver import ContainerRuntime, RuntimeTimeouts
@@ -156,6 +157,10 @@ class Daemon:
         return self._host_info
 
     async def set_pod_cidr(self, cidr: str) -> None:
+        try:
+            parse_pod_cidrs(cidr)
+        except ValueError as exc:
+            raise InvalidArgument(f"runtime_config.network_config.pod_cidr: {cidr!r}: {exc}") from None
         if cidr != self.network.pod_cidr:
             self.network.pod_cidr = cidr
 

@@ -159,14 +159,17 @@ class ImageService:
         ref = self.parse(image)
         credentials = None
         if auth is not None:
-            credentials = Credentials.from_auth_config(
-                auth.username,
-                auth.password,
-                auth.auth,
-                auth.identity_token,
-                auth.registry_token,
-                auth.server_address,
-            )
+            try:
+                credentials = Credentials.from_auth_config(
+                    auth.username,
+                    auth.password,
+                    auth.auth,
+                    auth.identity_token,
+                    auth.registry_token,
+                    auth.server_address,
+                )
+            except ValueError as exc:
+                raise InvalidArgument(f"auth: {exc}") from None
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._config.images.pull_timeout):
