@@ -33,6 +33,9 @@ class HandlerConfig:
     path: Path = Path("/usr/sbin/runc")
     # Runtime state dir; empty means <state_dir>/<handler name>.
     root: Path | None = None
+    # Pod and container annotation keys (shell-style patterns, e.g. "run.oci.*") copied into the
+    # OCI spec, where the runtime may act on them; none by default.
+    allowed_annotations: list[str] = field(default_factory=list)
 
 
 @dataclass

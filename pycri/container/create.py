@@ -166,6 +166,7 @@ async def _make(
         runtime_oom_score_adj=ctx.own_oom_score_adj,
         seccomp_profile_root=None,
         target_pid_namespace=made.target_pid_namespace,
+        allowed_annotations=tuple(ctx.config.handler(record.runtime_handler).allowed_annotations),
     )
     spec = await asyncio.to_thread(container_spec, spec_input)
     bundle = ctx.bundle_dir(record.id)

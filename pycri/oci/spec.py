@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import socket
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,8 @@ class ContainerSpecInput:
     seccomp_profile_root: Path | None  # where relative Localhost seccomp profiles are looked up
     target_pid_namespace: Path | None = None  # /proc/<pid>/ns/pid of the target of NamespaceMode TARGET
     host: HostFacts | None = None  # None: this host
+    # Keys (shell-style patterns) of the container's annotations the runtime may see.
+    allowed_annotations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -93,6 +97,8 @@ class PauseSpecInput:
     runtime_oom_score_adj: int
     seccomp_profile_root: Path | None
     host: HostFacts | None = None
+    # Keys (shell-style patterns) of the pod's annotations the runtime may see.
+    allowed_annotations: tuple[str, ...] = ()
 
 
 def _image_section(image_config: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +250,12 @@ def _check_supported(config: api_pb2.ContainerConfig, sandbox: api_pb2.PodSandbo
         raise SpecError("CDI_devices: CDI devices are not supported")
 
 
+def allowed(annotations: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """The annotations the runtime handler's config lets through to the OCI spec: a runtime
+    may act on keys such as run.oci.*, so users' annotations reach it only when allowed."""
+    return {key: value for key, value in annotations.items() if any(fnmatchcase(key, p) for p in patterns)}
+
+
 def _sandbox_annotations(sandbox_id: str, sandbox: api_pb2.PodSandboxConfig) -> dict[str, str]:
     return {
         f"{_CRI_ANNOTATION}sandbox-id": sandbox_id,
@@ -312,7 +324,7 @@ def container_spec(inp: ContainerSpecInput) -> dict[str, Any]:
     if profile is not None:
         linux["seccomp"] = profile
 
-    annotations = dict(config.annotations)
+    annotations = allowed(config.annotations, inp.allowed_annotations)
     annotations.update(_sandbox_annotations(inp.sandbox_id, inp.sandbox))
     annotations.update(
         {
@@ -371,7 +383,7 @@ def pause_spec(inp: PauseSpecInput) -> dict[str, Any]:
     profile = seccomp_spec(context, [], inp.seccomp_profile_root, host, _CONTEXT)
     if profile is not None:
         linux["seccomp"] = profile
-    annotations = dict(inp.sandbox.annotations)
+    annotations = allowed(inp.sandbox.annotations, inp.allowed_annotations)
     annotations.update(_sandbox_annotations(inp.sandbox_id, inp.sandbox))
     annotations.update(
         {

@@ -87,6 +87,7 @@ class PauseProcesses:
             cgroups_path=self._cgroups.container_path(record.cgroup_parent, record.id),
             runtime_oom_score_adj=self._own_oom_score_adj,
             seccomp_profile_root=None,
+            allowed_annotations=tuple(self._config.handler(record.runtime_handler).allowed_annotations),
         )
         spec = await asyncio.to_thread(pause_spec, spec_input)
         await asyncio.to_thread(write_bundle, bundle, spec)

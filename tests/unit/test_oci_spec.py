@@ -271,8 +271,9 @@ def test_oom_score_adj_is_never_below_the_runtime(tmp_path: Path, requested: int
 def test_annotations(tmp_path: Path) -> None:
     config = container_config(args=["/app"])
     config.annotations["team"] = "blue"
+    config.annotations["run.oci.keep_original_groups"] = "1"  # runtimes act on these: not let through
     config.annotations["io.kubernetes.cri.container-type"] = "forged"
-    assert build(tmp_path, config)["annotations"] == {
+    assert build(tmp_path, config, allowed_annotations=("team", "io.kubernetes.cri.*"))["annotations"] == {
         "team": "blue",
         "io.kubernetes.cri.container-type": "container",
         "io.kubernetes.cri.container-name": "app",
@@ -282,6 +283,15 @@ def test_annotations(tmp_path: Path) -> None:
         "io.kubernetes.cri.sandbox-namespace": "prod",
         "io.kubernetes.cri.sandbox-uid": "pod-uid",
     }
+
+
+def test_no_user_annotation_reaches_the_runtime_unless_allowed(tmp_path: Path) -> None:
+    config = container_config(args=["/app"])
+    config.annotations["run.oci.systemd.force_cgroup_v1"] = "/sys/fs/cgroup"
+    config.annotations["team"] = "blue"
+    annotations = build(tmp_path, config)["annotations"]
+    assert "run.oci.systemd.force_cgroup_v1" not in annotations and "team" not in annotations
+    assert annotations["io.kubernetes.cri.container-type"] == "container"
 
 
 def test_namespaces_join_the_pod_paths(tmp_path: Path) -> None:
@@ -401,8 +411,9 @@ def pause_input(base: Path, **overrides: Any) -> PauseSpecInput:
 def test_pause_spec(tmp_path: Path) -> None:
     sandbox = sandbox_config()
     sandbox.annotations["owner"] = "me"
+    sandbox.annotations["run.oci.hooks"] = "forged"
     sandbox.linux.security_context.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
-    spec = pause_spec(pause_input(tmp_path, sandbox=sandbox))
+    spec = pause_spec(pause_input(tmp_path, sandbox=sandbox, allowed_annotations=("own*",)))
     process = spec["process"]
     assert process["args"] == ["/pause"]
     assert process["user"] == {"uid": 65535, "gid": 65535, "additionalGids": [65535]}
