@@ -56,8 +56,12 @@ class ContainerContext:
 
     async def teardown(self, record: ContainerRecord, made_bind_sources: tuple[Path, ...] = ()) -> None:
         """Remove the runtime's container, its cgroups, mounts, dirs and lease; what is gone is skipped."""
+        await self.runtime(record.runtime_handler).delete(record.id, force=True)
+        await self.remove_host_side(record, made_bind_sources)
+
+    async def remove_host_side(self, record: ContainerRecord, made_bind_sources: tuple[Path, ...] = ()) -> None:
+        """The teardown once the runtime's container is deleted: cgroups, mounts, dirs and lease."""
         runtime = self.runtime(record.runtime_handler)
-        await runtime.delete(record.id, force=True)
         with contextlib.suppress(FileNotFoundError):
             await self.cgroups.remove(record.cgroups_path)
         await asyncio.to_thread(self._remove_files, record, runtime, made_bind_sources)

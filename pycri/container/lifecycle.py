@@ -143,6 +143,6 @@ async def remove_container(ctx: ContainerContext, container_id: str) -> None:
     kill_point("remove_container.intent")
     await ctx.runtime(record.runtime_handler).delete(record.id, force=True)
     kill_point("remove_container.runtime")
-    await ctx.teardown(record)
+    await ctx.remove_host_side(record)
     await ctx.state.delete_container(record, finishes=intent)
     log.info("removed container", extra={"fields": {"id": record.id}})

@@ -273,13 +273,10 @@ class SandboxService:
         if intent.kind == RUN_INTENT:
             record = sandboxes.from_plan(intent.plan["record"], self._sandbox_root, self._state_root)
             await self._undo(record, bool(intent.plan.get("made_log_directory")), intent)
-        elif intent.kind == STOP_INTENT:
-            await self._locks.run(sandbox_lock_key(intent.object_id), lambda: self._stop(intent.object_id))
-            if self.ctx.state.sandbox(intent.object_id) is None:
-                await self.ctx.state.finish(intent)
         else:
-            await self._locks.run(sandbox_lock_key(intent.object_id), lambda: self._remove(intent.object_id))
-            if self.ctx.state.sandbox(intent.object_id) is None:
+            finish_it = self._stop if intent.kind == STOP_INTENT else self._remove
+            await self._locks.run(sandbox_lock_key(intent.object_id), lambda: finish_it(intent.object_id))
+            if self.ctx.state.sandbox(intent.object_id) is None:  # nothing committed it: finish it here
                 await self.ctx.state.finish(intent)
 
     # ---- the pause process ended on its own ----
