@@ -139,7 +139,7 @@ class Daemon:
         if self.config.cni.install_default_config:
             installed_default_config(self.config.cni.conf_dir, self.config.cni.default_subnet)
         await self.images.start()
-        await recover(self.store, self.containers, self.sandboxes, self.intents, self.images.recover)
+        await recover(self.containers, self.sandboxes, self.intents, self.images.recover)
         self.apparmor = await load_default_profile(APPARMOR_PARSER, self.config.timeouts.runtime)
         for name, runtime in self.containers.ctx.runtimes.items():
             handler = self.config.runtime.handlers[name]

@@ -13,7 +13,7 @@ import asyncio
 import builtins
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +211,19 @@ class ImageMetadata:
 
     async def release_snapshots(self, owner: str) -> None:
         await self._store.write(lambda db: delete_leases(db, owner))
+
+    async def release_snapshots_of_all_but(self, owners: Collection[str]) -> int:
+        """Drop the leases of every owner not in `owners` (at start: those gone while pycri was down)."""
+
+        def release(db: sqlite3.Connection) -> int:
+            stale = [
+                owner for (owner,) in db.execute("SELECT DISTINCT owner FROM snapshot_leases") if owner not in owners
+            ]
+            for owner in stale:
+                delete_leases(db, owner)
+            return len(stale)
+
+        return await self._store.write(release)
 
     async def _write(self, change: Callable[[sqlite3.Connection], Changed], replace: bool = False) -> Changed:
         """Shielded: a caller cancelled while the transaction runs still gets memory updated."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -37,7 +36,6 @@ from pycri.state import sandboxes as sandbox_states
 from pycri.state.containers import ContainerRecord, ContainerState
 from pycri.state.intents import Intent, IntentLog
 from pycri.state.memory import ContainerChange
-from pycri.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,6 @@ BOOT_ID_FACT = "boot_id"
 
 
 async def recover(
-    db: Store,
     containers: ContainerService,
     sandboxes: SandboxService,
     intents: IntentLog,
@@ -60,7 +57,7 @@ async def recover(
     await _reconcile_sandboxes(sandboxes, rebooted)
     pending = await asyncio.to_thread(intents.pending)
     await _resolve_intents(containers, sandboxes, [i for i in pending if i.kind in _RUNTIME_KINDS])
-    await _release_stale_leases(ctx, db)
+    await _release_stale_leases(ctx)
     await _sweep(containers, sandboxes)
     await image_recovery([i for i in pending if i.kind not in _RUNTIME_KINDS])
     await ctx.state.write_node_fact(BOOT_ID_FACT, boot_id())
@@ -182,18 +179,12 @@ async def _resolve_intents(containers: ContainerService, sandboxes: SandboxServi
             log.exception("could not finish an interrupted operation", extra={"fields": {"id": intent.object_id}})
 
 
-async def _release_stale_leases(ctx: ContainerContext, db: Store) -> None:
+async def _release_stale_leases(ctx: ContainerContext) -> None:
     """Snapshot leases whose container or pause process no longer exists (their layers may go)."""
-    owners = [r.id for r in ctx.state.containers()] + [r.id for r in ctx.state.sandboxes()]
-
-    def release(connection: sqlite3.Connection) -> int:
-        marks = ",".join("?" * len(owners))
-        sql = f"DELETE FROM snapshot_leases WHERE owner NOT IN ({marks})" if owners else "DELETE FROM snapshot_leases"
-        return connection.execute(sql, owners).rowcount
-
-    released = await db.write(release)
+    owners = {r.id for r in ctx.state.containers()} | {r.id for r in ctx.state.sandboxes()}
+    released = await ctx.images.metadata.release_snapshots_of_all_but(owners)
     if released:
-        log.warning("released stale snapshot leases", extra={"fields": {"count": released}})
+        log.warning("released stale snapshot leases", extra={"fields": {"owners": released}})
 
 
 async def _sweep(containers: ContainerService, sandboxes: SandboxService) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -218,6 +218,12 @@ class FakeMetadata:
 
     async def release_snapshots(self, owner: str) -> None:
         self.leases.pop(owner, None)
+
+    async def release_snapshots_of_all_but(self, owners: Collection[str]) -> int:
+        stale = [owner for owner in self.leases if owner not in owners]
+        for owner in stale:
+            del self.leases[owner]
+        return len(stale)
 
 
 class FakeSnapshots:

@@ -33,14 +33,14 @@ async def restart(node: FakeNode, base: Path) -> FakeNode:
     """pycri dies (nothing of its memory survives) and starts again on the same host."""
     node.db.close()
     again = build(base, node.host)
-    await recover(again.db, again.containers, again.sandboxes, again.intents, no_image_intents)
+    await recover(again.containers, again.sandboxes, again.intents, no_image_intents)
     return again
 
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[FakeNode]:
     built = build(tmp_path)
-    await recover(built.db, built.containers, built.sandboxes, built.intents, no_image_intents)
+    await recover(built.containers, built.sandboxes, built.intents, no_image_intents)
     yield built
 
 
