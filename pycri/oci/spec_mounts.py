@@ -42,6 +42,12 @@ _PROPAGATION_OPTION = {
     api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
 
+# Mount.mount_options a bind mount takes (KEP-5855 allows noexec, nodev and nosuid; their
+# opposites are the defaults, accepted so that a request naming both is a conflict, not a guess).
+_BIND_MOUNT_OPTION_OPPOSITES = {"noexec": "exec", "nodev": "dev", "nosuid": "suid"}
+_BIND_MOUNT_OPTION_OPPOSITES.update({value: key for key, value in _BIND_MOUNT_OPTION_OPPOSITES.items()})
+_READONLY_OPTIONS = ("ro", "rw", "rro")
+
 
 def system_mounts(privileged: bool) -> list[dict[str, Any]]:
     """proc, /dev and its pseudo-filesystems, sysfs and the cgroup tree; the last two writable only when privileged."""
@@ -121,6 +127,25 @@ def _check_path(path: str, field: str) -> None:
         raise SpecError(f"{field}: {path!r} is not absolute")
 
 
+def bind_mount_options(options: Iterable[str], field: str) -> list[str]:
+    """Mount.mount_options, checked: each once, in the order given. SpecError names an option
+    that is unknown, read-only-ness (the readonly fields say that) or at odds with another."""
+    chosen: list[str] = []
+    for number, option in enumerate(options):
+        name = f"{field}.mount_options[{number}]"
+        if option in _READONLY_OPTIONS:
+            raise SpecError(f"{name}: {option!r}: set readonly or recursive_read_only instead")
+        if option not in _BIND_MOUNT_OPTION_OPPOSITES:
+            known = ", ".join(sorted(_BIND_MOUNT_OPTION_OPPOSITES))
+            raise SpecError(f"{name}: {option!r} is not a bind mount option pycri takes ({known})")
+        opposite = _BIND_MOUNT_OPTION_OPPOSITES[option]
+        if opposite in chosen:
+            raise SpecError(f"{name}: {option!r} conflicts with {opposite!r}")
+        if option not in chosen:
+            chosen.append(option)
+    return chosen
+
+
 def _bind_mount(mount: api_pb2.Mount, field: str) -> dict[str, Any]:
     _check_path(mount.container_path, f"{field}.container_path")
     if mount.image.image:
@@ -140,6 +165,7 @@ def _bind_mount(mount: api_pb2.Mount, field: str) -> dict[str, Any]:
         options.append("rro")
     else:
         options.append("ro" if mount.readonly else "rw")
+    options.extend(bind_mount_options(mount.mount_options, field))
     return {"destination": mount.container_path, "type": "bind", "source": mount.host_path, "options": options}
 
 

@@ -58,6 +58,7 @@ def test_status_verbose_info(pycri: PycriProcess) -> None:
     assert set(handlers) == {"", "runc"}
     assert handlers["runc"].recursive_read_only_mounts  # runc 1.1 lists "rro" on this kernel
     assert reply.features.supplemental_groups_policy
+    assert reply.features.mount_options
 
 
 def test_runtime_not_ready_names_missing_runc(pycri_dir: Path) -> None:

@@ -21,6 +21,7 @@ async def handle(daemon: Daemon, request: api_pb2.StatusRequest) -> api_pb2.Stat
     for name in ["", *daemon.config.runtime.handlers]:  # "" is how kubelet names the default handler
         reply.runtime_handlers.add(name=name, features=daemon.handler_features.get(name or default))
     reply.features.supplemental_groups_policy = True
+    reply.features.mount_options = True  # Mount.mount_options: noexec, nodev, nosuid (spec_mounts.py)
     if request.verbose:
         reply.info["config"] = json.dumps(dataclasses.asdict(daemon.config), default=str)
         reply.info["hostInfo"] = daemon.host_info().to_json()
