@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pycri import __version__
 from pycri.cli_images import add_images_commands, run_images
-from pycri.config import LOG_LEVELS, Config, ConfigError, config_to_toml, load_config
+from pycri.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, config_to_toml, load_config
 from pycri.log import setup_logging
 from pycri.sdnotify import ServiceManager
 
@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pycri {__version__}")
     parser.add_argument("--config", type=Path, help="config file (default /etc/pycri/pycri.toml if it exists)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="overrides the config's log_level")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, help="overrides the config's log_format")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve CRI v1 on the configured unix socket")
     commands.add_parser("config", help="print the effective config as TOML")
@@ -53,11 +54,11 @@ def _info(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config, {"log_level": args.log_level})
+        config = load_config(args.config, {"log_level": args.log_level, "log_format": args.log_format})
     except ConfigError as exc:
         print(f"pycri: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     # Before any child starts: runc, conmon and CNI plugins must not inherit NOTIFY_SOCKET and its kin.
     service_manager = ServiceManager.from_environment(os.environ)
     if args.command == "serve":

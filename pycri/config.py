@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("/etc/pycri/pycri.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("logfmt", "json")
 CGROUP_DRIVERS = ("cgroupfs", "systemd")
 CONMON_IN_POD = "pod"
 
@@ -185,6 +187,8 @@ class Config:
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    # "logfmt" (key=value pairs) or "json" (one object per line, for log shippers).
+    log_format: str = "logfmt"
     """Read `path` (the default path when None, if it exists) and apply CLI overrides."""
     raw: dict[str, Any] = {}
     source = path if path is not None else DEFAULT_CONFIG_PATH
@@ -276,6 +280,8 @@ def _validate(config: Config) -> None:
     if config.images.unpack_workers < 1:
         raise bad("images.unpack_workers", config.images.unpack_workers, "expected >= 1")
     for limit in dataclasses.fields(ImageLimits):
+    if config.log_format not in LOG_FORMATS:
+        raise bad("log_format", config.log_format, f"expected one of {', '.join(LOG_FORMATS)}")
         if getattr(config.images.limits, limit.name) < 1:
             raise bad(f"images.limits.{limit.name}", getattr(config.images.limits, limit.name), "expected >= 1")
     if config.images.platform.count("/") not in (1, 2):
@@ -336,7 +342,8 @@ def _render_table(lines: list[str], table: dict[str, Any], path: list[str]) -> N
         lines.append(f"\n[{'.'.join(_toml_key(p) for p in path)}]")
     for key, value in scalars.items():
         if value is None:
-            lines.append(f"# {key} is unset")
+            # Commented out, ready to edit: "" reads back as unset, so uncommenting it changes nothing.
+            lines.append(f'# {_toml_key(key)} = ""  (unset)')
         else:
             lines.append(f"{_toml_key(key)} = {toml_value(value)}")
     for key, value in tables.items():
@@ -344,7 +351,7 @@ def _render_table(lines: list[str], table: dict[str, Any], path: list[str]) -> N
 
 
 def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else toml_value(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
 
 
 def toml_value(value: Any) -> str:
@@ -355,5 +362,13 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return '"' + "".join(_toml_char(c) for c in str(value)) + '"'
+
+
+def _toml_char(char: str) -> str:
+    """A character as a TOML basic string holds it: quote, backslash and control characters escaped."""
+    if char in '"\\':
+        return "\\" + char
+    if char < " " or char == "\x7f":
+        return f"\\u{ord(char):04x}"
+    return char
