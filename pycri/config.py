@@ -168,6 +168,8 @@ class Config:
     root_dir: Path = Path("/var/lib/pycri")
     state_dir: Path = Path("/run/pycri")
     log_level: str = "info"
+    # "logfmt" (key=value pairs) or "json" (one object per line, for log shippers).
+    log_format: str = "logfmt"
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     cni: CniSection = field(default_factory=CniSection)
     images: ImageSection = field(default_factory=ImageSection)
@@ -187,8 +189,6 @@ class Config:
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    # "logfmt" (key=value pairs) or "json" (one object per line, for log shippers).
-    log_format: str = "logfmt"
     """Read `path` (the default path when None, if it exists) and apply CLI overrides."""
     raw: dict[str, Any] = {}
     source = path if path is not None else DEFAULT_CONFIG_PATH
@@ -259,6 +259,8 @@ def _validate(config: Config) -> None:
 
     if config.log_level not in LOG_LEVELS:
         raise bad("log_level", config.log_level, f"expected one of {', '.join(LOG_LEVELS)}")
+    if config.log_format not in LOG_FORMATS:
+        raise bad("log_format", config.log_format, f"expected one of {', '.join(LOG_FORMATS)}")
     rt = config.runtime
     if rt.cgroup_driver not in CGROUP_DRIVERS:
         raise bad("runtime.cgroup_driver", rt.cgroup_driver, f"expected one of {', '.join(CGROUP_DRIVERS)}")
@@ -280,8 +282,6 @@ def _validate(config: Config) -> None:
     if config.images.unpack_workers < 1:
         raise bad("images.unpack_workers", config.images.unpack_workers, "expected >= 1")
     for limit in dataclasses.fields(ImageLimits):
-    if config.log_format not in LOG_FORMATS:
-        raise bad("log_format", config.log_format, f"expected one of {', '.join(LOG_FORMATS)}")
         if getattr(config.images.limits, limit.name) < 1:
             raise bad(f"images.limits.{limit.name}", getattr(config.images.limits, limit.name), "expected >= 1")
     if config.images.platform.count("/") not in (1, 2):
