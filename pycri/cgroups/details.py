@@ -1,11 +1,11 @@
 """The cgroup values cAdvisor reports beyond CgroupStats: CPU time by mode and CFS throttling,
-memory detail and OOM kills, the configured limits, block I/O, hugetlb, pressure (PSI), and the
-processes inside with their open files.
+memory detail and OOM kills, the configured limits, block I/O, hugetlb, and the processes inside
+with their open files (pressure is in CgroupStats).
 
-As in cgroups.read_stats_at a hybrid host is read as v1, except for what only its cgroup2 tree
-holds (pressure, and hugetlb when the kernel gave that controller to cgroup2): runc makes every
-cgroup there too. Parsers take file contents ("" for a file that is absent) so they can be
-checked on recorded text; read_details_at and process_counts do the reading (blocking).
+As in cgroups.read_stats_at a hybrid host is read as v1, except for hugetlb when the kernel gave
+that controller to the cgroup2 tree: runc makes every cgroup there too. Parsers take file
+contents ("" for a file that is absent) so they can be checked on recorded text; read_details_at
+and process_counts do the reading (blocking).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import errno
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,6 @@ V2_FILES = (
     "cpu.stat", "cpu.max", "cpu.weight", "memory.stat", "memory.swap.current", "memory.events", "memory.peak",
     "memory.max", "memory.low", "memory.swap.max", "pids.max", "io.stat",
 )  # fmt: skip
-PRESSURE_RESOURCES = ("cpu", "memory", "io")
 # v2 memory.stat without the "kernel" total (before Linux 5.18): the kernel's own allocations.
 V2_KERNEL_PARTS = ("kernel_stack", "pagetables", "percpu", "sock", "vmalloc", "slab")
 HUGETLB_FILE = re.compile(r"hugetlb\.([0-9]+[KMG]B)\.(usage_in_bytes|max_usage_in_bytes|current)")
@@ -97,21 +96,12 @@ class HugetlbUsage:
 
 
 @dataclass(frozen=True)
-class Pressure:
-    """Total stall time of a PSI file: some tasks waited ("some"), or all were stalled ("full")."""
-
-    some_us: int
-    full_us: int
-
-
-@dataclass(frozen=True)
 class CgroupDetails:
     cpu: CpuDetails
     memory: MemoryDetails
     limits: Limits
     io: tuple[DeviceIo, ...] = ()
     hugetlb: tuple[HugetlbUsage, ...] = ()
-    pressure: dict[str, Pressure] = field(default_factory=dict)  # "cpu", "memory", "io"; empty without PSI
     pids: tuple[int, ...] = ()  # processes in the cgroup and the cgroups below it
 
 
@@ -148,20 +138,6 @@ def parse_io_stat(text: str) -> tuple[DeviceIo, ...]:
         values = {names[key]: int(value) for key, _, value in pairs if key in names and value.isdecimal()}
         found.append(DeviceIo(*device, **values))
     return tuple(found)
-
-
-def parse_pressure(text: str) -> Pressure | None:
-    """The "total=" stall times of a PSI file; None when there is no file (PSI off)."""
-    totals = {}
-    for line in text.splitlines():
-        kind, *fields = line.split() or [""]
-        for item in fields:
-            key, _, value = item.partition("=")
-            if key == "total" and value.isdecimal():
-                totals[kind] = int(value)
-    if not totals:
-        return None
-    return Pressure(some_us=totals.get("some", 0), full_us=totals.get("full", 0))
 
 
 def parse_hugetlb(files: Mapping[str, str]) -> tuple[HugetlbUsage, ...]:
@@ -224,7 +200,6 @@ def details_v1(files: Mapping[str, str], pids: Iterable[int] = ()) -> CgroupDeta
             files.get("blkio.throttle.io_serviced_recursive", ""),
         ),
         hugetlb=parse_hugetlb(files),
-        pressure=_pressure(files),
         pids=tuple(pids),
     )
 
@@ -267,7 +242,6 @@ def details_v2(files: Mapping[str, str], pids: Iterable[int] = ()) -> CgroupDeta
         ),
         io=parse_io_stat(files.get("io.stat", "")),
         hugetlb=parse_hugetlb(files),
-        pressure=_pressure(files),
         pids=tuple(pids),
     )
 
@@ -279,7 +253,7 @@ def read_details_at(layout: CgroupLayout, directory: PurePosixPath) -> CgroupDet
         unified = layout.unified / directory
         if not unified.is_dir():
             raise FileNotFoundError(errno.ENOENT, "no such cgroup", str(unified))
-        return details_v2({**_read_files(unified, V2_FILES), **_read_extras(unified)}, _procs_below(unified))
+        return details_v2({**_read_files(unified, V2_FILES), **_read_hugetlb(unified)}, _procs_below(unified))
     memory = layout.v1.get("memory")
     if memory is None or not (memory / directory).is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such memory cgroup", str(directory))
@@ -290,7 +264,7 @@ def read_details_at(layout: CgroupLayout, directory: PurePosixPath) -> CgroupDet
             files.update(_read_files(mount / directory, names))
     for mount in (layout.v1.get("hugetlb"), layout.hybrid_unified):
         if mount is not None:
-            files.update(_read_extras(mount / directory))
+            files.update(_read_hugetlb(mount / directory))
     return details_v1(files, _procs_below(layout.v1.get("pids", memory) / directory))
 
 
@@ -321,11 +295,6 @@ def parse_open_files_soft_limit(limits: str) -> int | None:
     return None
 
 
-def _pressure(files: Mapping[str, str]) -> dict[str, Pressure]:
-    found = {resource: parse_pressure(files.get(f"{resource}.pressure", "")) for resource in PRESSURE_RESOURCES}
-    return {resource: pressure for resource, pressure in found.items() if pressure is not None}
-
-
 def _device_number(text: str) -> tuple[int, int] | None:
     major, _, minor = text.partition(":")
     return (int(major), int(minor)) if major.isdecimal() and minor.isdecimal() else None
@@ -335,14 +304,12 @@ def _read_files(directory: Path, names: Iterable[str]) -> dict[str, str]:
     return {name: read_optional(directory / name) for name in names}
 
 
-def _read_extras(directory: Path) -> dict[str, str]:
-    """Pressure and hugetlb files, wherever the host keeps them."""
-    files = _read_files(directory, (f"{resource}.pressure" for resource in PRESSURE_RESOURCES))
+def _read_hugetlb(directory: Path) -> dict[str, str]:
     try:
         names = [name for name in os.listdir(directory) if HUGETLB_FILE.fullmatch(name)]
     except FileNotFoundError:
         names = []
-    return {**files, **_read_files(directory, names)}
+    return _read_files(directory, names)
 
 
 def _procs_below(directory: Path) -> list[int]:

@@ -16,7 +16,7 @@ from pycri.oci.runtime import ContainerNotFoundError, ExecSpec, ExecTimeoutError
 from pycri.oci.spec_resources import linux_resources
 from pycri.state import containers
 from pycri.state.containers import ContainerRecord, ContainerState
-from pycri.stats.cri import fill_cpu_memory
+from pycri.stats.cri import fill_cpu_memory, fill_io, fill_swap
 
 REOPEN_WAIT_SECONDS = 5.0
 
@@ -77,7 +77,10 @@ def container_stats(ctx: ContainerContext, record: ContainerRecord) -> api_pb2.C
     )
     if record.state is ContainerState.RUNNING:
         with contextlib.suppress(FileNotFoundError):  # it just exited
-            fill_cpu_memory(stats.cpu, stats.memory, ctx.cgroups.read_stats(record.cgroups_path))
+            cgroup = ctx.cgroups.read_stats(record.cgroups_path)
+            fill_cpu_memory(stats.cpu, stats.memory, cgroup)
+            fill_io(stats.io, cgroup)
+            fill_swap(stats.swap, cgroup)
     used_bytes, inodes = disk_usage(ctx.layer_dir(record.id) / "upper")
     stats.writable_layer.timestamp = time.time_ns()
     stats.writable_layer.fs_id.mountpoint = str(ctx.config.root_dir)

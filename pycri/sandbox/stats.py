@@ -10,7 +10,7 @@ from pycri.container.operations import container_stats
 from pycri.container.service import ContainerService
 from pycri.network.netns import interface_stats
 from pycri.state.sandboxes import SandboxRecord
-from pycri.stats.cri import fill_cpu_memory, read_stats_if_any
+from pycri.stats.cri import fill_cpu_memory, fill_io, read_stats_if_any
 
 DEFAULT_INTERFACE = "eth0"
 
@@ -28,6 +28,7 @@ async def pod_sandbox_stats(record: SandboxRecord, containers: ContainerService)
     cgroup = await asyncio.to_thread(read_stats_if_any, containers.ctx.cgroups, record.cgroup_parent)
     if cgroup is not None:
         fill_cpu_memory(linux.cpu, linux.memory, cgroup)
+        fill_io(linux.io, cgroup)
         linux.process.timestamp = cgroup.timestamp_ns
         linux.process.process_count.value = cgroup.pids
     if record.netns_path is not None and record.ready:

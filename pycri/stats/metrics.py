@@ -251,9 +251,10 @@ def add_cgroup_metrics(sink: MetricSink, reading: CgroupReading) -> None:
         sink.add("container_hugetlb_usage_bytes", pages.usage, pages.page_size)
         if pages.max_usage is not None:
             sink.add("container_hugetlb_max_usage_bytes", pages.max_usage, pages.page_size)
-    for resource, pressure in details.pressure.items():
-        sink.add(f"container_pressure_{resource}_waiting_seconds_total", pressure.some_us // MICROS_PER_SECOND)
-        sink.add(f"container_pressure_{resource}_stalled_seconds_total", pressure.full_us // MICROS_PER_SECOND)
+    for resource, pressure in stats.pressure.items():
+        stalled_us = pressure.full.total_us if pressure.full is not None else 0
+        sink.add(f"container_pressure_{resource}_waiting_seconds_total", pressure.some.total_us // MICROS_PER_SECOND)
+        sink.add(f"container_pressure_{resource}_stalled_seconds_total", stalled_us // MICROS_PER_SECOND)
 
 
 def add_network_metrics(sink: MetricSink, links: list[LinkCounters]) -> None:

@@ -12,14 +12,12 @@ from hypothesis import strategies as st
 from pycri.cgroups.details import (
     DeviceIo,
     HugetlbUsage,
-    Pressure,
     details_v1,
     details_v2,
     parse_blkio_v1,
     parse_hugetlb,
     parse_io_stat,
     parse_open_files_soft_limit,
-    parse_pressure,
     process_counts,
     weight_to_shares,
 )
@@ -27,7 +25,6 @@ from pycri.cgroups.details import (
 pytestmark = pytest.mark.unit
 
 UNLIMITED_V1 = "9223372036854771712\n"
-PSI = "some avg10=0.00 avg60=0.10 avg300=0.02 total=2500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1200\n"
 
 V1_FILES = {
     "cpuacct.usage_user": "1900000000\n",
@@ -54,7 +51,6 @@ V1_FILES = {
     "blkio.throttle.io_serviced_recursive": "254:0 Read 1\n254:0 Write 2\n254:0 Total 3\nTotal 3\n",
     "hugetlb.2MB.usage_in_bytes": "2097152\n",
     "hugetlb.2MB.max_usage_in_bytes": "4194304\n",
-    "cpu.pressure": PSI,
 }
 
 V2_FILES = {
@@ -75,7 +71,6 @@ V2_FILES = {
     "io.stat": "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
     "hugetlb.2MB.current": "2097152\n",
     "hugetlb.2MB.rsvd.current": "0\n",
-    "memory.pressure": PSI,
 }
 
 
@@ -97,7 +92,6 @@ def test_v1_details() -> None:
     )
     assert details.io == (DeviceIo(254, 0, read_bytes=4096, write_bytes=8192, reads=1, writes=2),)
     assert details.hugetlb == (HugetlbUsage("2MB", 2 << 20, 4 << 20),)
-    assert details.pressure == {"cpu": Pressure(2_500_000, 1200)}
     assert details.pids == (7, 8)
 
 
@@ -112,13 +106,12 @@ def test_v2_details() -> None:
     assert (limits.memory, limits.memory_reservation, limits.memory_swap, limits.pids) == (64 << 20, None, None, 256)
     assert details.io == (DeviceIo(254, 0, read_bytes=4096, write_bytes=8192, reads=1, writes=2),)
     assert details.hugetlb == (HugetlbUsage("2MB", 2 << 20, None),)
-    assert details.pressure == {"memory": Pressure(2_500_000, 1200)}
 
 
 def test_v1_unlimited_quota_and_missing_files() -> None:
     details = details_v1({"cpu.cfs_quota_us": "-1\n"})
     assert details.limits.cpu_quota_us is None and details.limits.cpu_period_us == 100_000
-    assert details.io == () and details.hugetlb == () and details.pressure == {}
+    assert details.io == () and details.hugetlb == ()
 
 
 def test_v2_kernel_memory_before_the_kernel_total() -> None:
@@ -142,11 +135,6 @@ def test_a_weight_maps_back_to_the_shares_runc_made_it_from(weight: int) -> None
     assert runc_weight(shares) == weight and (shares == 2 or runc_weight(shares - 1) < weight)
 
 
-def test_pressure_without_psi() -> None:
-    assert parse_pressure("") is None
-    assert parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n") == Pressure(5, 0)
-
-
 def test_hugetlb_ignores_reservations_and_other_files() -> None:
     files = {
         "hugetlb.1GB.current": "0\n",
@@ -166,9 +154,8 @@ def test_blkio_sums_per_device() -> None:
 def test_parsers_of_structured_files_take_any_text(text: str) -> None:
     parse_blkio_v1(text, text)
     parse_io_stat(text)
-    parse_pressure(text)
     parse_open_files_soft_limit(text)
-    keyed = ("cpu.stat", "memory.stat", "memory.events", "memory.oom_control", "io.stat", "cpu.pressure")
+    keyed = ("cpu.stat", "memory.stat", "memory.events", "memory.oom_control", "io.stat")
     details_v1(dict.fromkeys(keyed, text))
     details_v2(dict.fromkeys(keyed, text))
 

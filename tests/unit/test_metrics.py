@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,10 +16,9 @@ from pycri.cgroups.details import (
     HugetlbUsage,
     Limits,
     MemoryDetails,
-    Pressure,
     ProcessCounts,
 )
-from pycri.cgroups.usage import CgroupStats
+from pycri.cgroups.usage import CgroupStats, Pressure, PsiData
 from pycri.stats.metrics import (
     BASE_LABEL_KEYS,
     METRICS,
@@ -66,6 +67,10 @@ NOW_NS = 1_700_000_000_123_456_789
 GiB = 1 << 30
 
 
+def psi(some_us: int, full_us: int) -> Pressure:
+    return Pressure(some=PsiData(0.0, 0.0, 0.0, some_us), full=PsiData(0.0, 0.0, 0.0, full_us))
+
+
 def full_reading(**stats_fields: int) -> CgroupReading:
     """A reading with every optional part present: quota, limits, block I/O, hugetlb, pressure."""
     stats = CgroupStats(
@@ -78,6 +83,7 @@ def full_reading(**stats_fields: int) -> CgroupReading:
         page_faults=900,
         major_page_faults=9,
         pids=3,
+        pressure={"cpu": psi(2_000_000, 1_000_000), "memory": psi(0, 0), "io": psi(5, 0)},
     )
     stats = CgroupStats(**{**stats.__dict__, **stats_fields})
     details = CgroupDetails(
@@ -106,7 +112,6 @@ def full_reading(**stats_fields: int) -> CgroupReading:
         ),
         io=(DeviceIo(254, 0, read_bytes=4096, write_bytes=8192, reads=1, writes=2),),
         hugetlb=(HugetlbUsage("2MB", usage=2 << 20, max_usage=4 << 20),),
-        pressure={"cpu": Pressure(2_000_000, 1_000_000), "memory": Pressure(0, 0), "io": Pressure(5, 0)},
         pids=(10, 11),
     )
     return CgroupReading(stats, details, ProcessCounts(file_descriptors=12, sockets=2), {(254, 0): "/dev/vda"})
@@ -227,7 +232,8 @@ def test_unlimited_limits_read_zero_and_no_quota_means_no_quota_series() -> None
     unlimited = Limits(100_000, None, 2, None, None, None, None)
     details = CgroupDetails(reading.details.cpu, reading.details.memory, unlimited)
     sink = MetricSink(LABELS, NOW_NS)
-    add_cgroup_metrics(sink, CgroupReading(reading.stats, details, reading.processes, {}))
+    stats = dataclasses.replace(reading.stats, pressure={})
+    add_cgroup_metrics(sink, CgroupReading(stats, details, reading.processes, {}))
     add_ulimit_metrics(sink, None)
     found = by_name(sink.metrics)
     assert "container_spec_cpu_quota" not in found and "container_ulimits_soft" not in found
