@@ -163,6 +163,25 @@ class TimeoutsSection:
 
 
 @dataclass
+class MetricsSection:
+    """Prometheus metrics over HTTP (GET /metrics)."""
+
+    # host:port the metrics are served on ("127.0.0.1:9090", "[::1]:9090"); empty: no metrics, no listener.
+    address: str = ""
+
+
+@dataclass
+class TracingSection:
+    """OpenTelemetry spans sent to a collector over OTLP gRPC."""
+
+    # The collector: "host:port" or "http://host:port" (plaintext), "https://host:port" (TLS); empty: no tracing.
+    endpoint: str = ""
+    # Share of the traces that start in pycri that are kept; a caller's traceparent decides for its own.
+    sampling_ratio: float = 1.0
+    service_name: str = "pycri"
+
+
+@dataclass
 class Config:
     socket: Path = Path("/run/pycri/pycri.sock")
     root_dir: Path = Path("/var/lib/pycri")
@@ -175,6 +194,8 @@ class Config:
     images: ImageSection = field(default_factory=ImageSection)
     streaming: StreamingSection = field(default_factory=StreamingSection)
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    tracing: TracingSection = field(default_factory=TracingSection)
 
     @property
     def db_path(self) -> Path:
@@ -300,6 +321,47 @@ def _validate(config: Config) -> None:
         ipaddress.ip_network(config.cni.default_subnet)
     except ValueError:
         raise bad("cni.default_subnet", config.cni.default_subnet, "expected a CIDR such as 10.85.0.0/16") from None
+    _validate_telemetry(config)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split "host:port" or "[IPv6]:port"; ValueError says what is wrong."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        raise ValueError("expected host:port with a port in 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        ipaddress.IPv6Address(host[1:-1])
+        return host[1:-1], int(port)
+    if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ValueError("expected host:port (an IPv6 address in brackets)")
+    return host, int(port)
+
+
+def _validate_telemetry(config: Config) -> None:
+    if config.metrics.address:
+        try:
+            ipaddress.ip_address(parse_host_port(config.metrics.address)[0])
+        except ValueError as error:
+            raise ConfigError(
+                f"config key 'metrics.address': expected an IP address and port such as 127.0.0.1:9090 ({error}),"
+                f" got {config.metrics.address!r}"
+            ) from None
+    tracing = config.tracing
+    if tracing.endpoint:
+        scheme, separator, rest = tracing.endpoint.rpartition("://")
+        try:
+            if separator and scheme not in ("http", "https"):
+                raise ValueError("the scheme must be http or https")
+            parse_host_port(rest.rstrip("/"))
+        except ValueError as error:
+            raise ConfigError(
+                f"config key 'tracing.endpoint': expected host:port or http(s)://host:port ({error}),"
+                f" got {tracing.endpoint!r}"
+            ) from None
+    if not 0.0 <= tracing.sampling_ratio <= 1.0:
+        raise ConfigError(f"config key 'tracing.sampling_ratio': expected 0.0..1.0, got {tracing.sampling_ratio!r}")
+    if not tracing.service_name.strip():
+        raise ConfigError(f"config key 'tracing.service_name': expected a name, got {tracing.service_name!r}")
 
 
 def _validate_conmon_cgroup(rt: RuntimeSection) -> None:

@@ -1,7 +1,9 @@
 """Wire each CRI method to its handler, and every error to a gRPC status.
 
 Handlers live one per RPC in pycri/server/runtime/ and pycri/server/image/;
-a method with no handler answers UNIMPLEMENTED (never a fake success).
+a method with no handler answers UNIMPLEMENTED (never a fake success). With metrics
+or tracing on, each method gets a wrapper that also measures and traces the call
+(pycri.telemetry); with both off it gets the plain one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, TypeGuard
 import grpc
 from google.protobuf.message import Message
 
+from pycri import telemetry
 from pycri.api import api_pb2
 from pycri.errors import PycriError, Unimplemented
 
@@ -67,6 +70,27 @@ def _stream(method: str, handler: StreamHandler, daemon: Any) -> Callable[..., A
     return call
 
 
+def _observed_unary(
+    service: str, method: str, call: Callable[..., Awaitable[Message | bytes]]
+) -> Callable[..., Awaitable[Message | bytes]]:
+    async def observed(request: Message, context: grpc.aio.ServicerContext) -> Message | bytes:
+        with telemetry.RpcCall(service, method, context):
+            return await call(request, context)
+
+    return observed
+
+
+def _observed_stream(
+    service: str, method: str, call: Callable[..., AsyncIterator[Message]]
+) -> Callable[..., AsyncIterator[Message]]:
+    async def observed(request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        with telemetry.RpcCall(service, method, context):
+            async for reply in call(request, context):
+                yield reply
+
+    return observed
+
+
 def _unimplemented(method: str, streaming: bool) -> Handler:
     async def reply(daemon: Any, request: Message) -> Message:
         raise Unimplemented(f"{method} is not implemented by pycri yet")
@@ -92,6 +116,7 @@ def service_handler(service: str, handlers: dict[str, Handler], daemon: Any) -> 
     if unknown:
         raise ValueError(f"handlers for methods {service} does not have: {sorted(unknown)}")
     methods: dict[str, grpc.RpcMethodHandler] = {}
+    observed = telemetry.enabled()  # decided once: with telemetry off a call pays nothing for it
     for method in descriptor.methods:
         request_type = getattr(api_pb2, method.input_type.name)
         reply_type = getattr(api_pb2, method.output_type.name)
@@ -99,9 +124,15 @@ def service_handler(service: str, handlers: dict[str, Handler], daemon: Any) -> 
         full_name = f"{service}/{method.name}"
         handler = handlers.get(method.name) or _unimplemented(full_name, method.server_streaming)
         if method.server_streaming and _is_stream(handler):
-            methods[method.name] = grpc.unary_stream_rpc_method_handler(_stream(full_name, handler, daemon), **codec)
+            replies = _stream(full_name, handler, daemon)
+            if observed:
+                replies = _observed_stream(descriptor.full_name, method.name, replies)
+            methods[method.name] = grpc.unary_stream_rpc_method_handler(replies, **codec)
         elif not method.server_streaming and _is_unary(handler):
-            methods[method.name] = grpc.unary_unary_rpc_method_handler(_unary(full_name, handler, daemon), **codec)
+            reply = _unary(full_name, handler, daemon)
+            if observed:
+                reply = _observed_unary(descriptor.full_name, method.name, reply)
+            methods[method.name] = grpc.unary_unary_rpc_method_handler(reply, **codec)
         else:
             kind = "an async generator" if method.server_streaming else "a coroutine function"
             raise ValueError(f"the handler for {full_name} must be {kind}")
