@@ -32,10 +32,11 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(config: Config, service_manager: ServiceManager) -> int:
     from pycri.daemon import AlreadyRunning
     from pycri.server.app import SocketInUse, serve
+    from pycri.telemetry import MetricsUnavailable
 
     try:
         asyncio.run(serve(config, service_manager))
-    except (AlreadyRunning, SocketInUse) as exc:
+    except (AlreadyRunning, SocketInUse, MetricsUnavailable) as exc:
         print(f"pycri: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import yarl
 
+from pycri import telemetry
 from pycri.image.auth import (
     AuthError,
     Authorizer,
@@ -160,6 +161,7 @@ class RegistryClient:
                 try:
                     async for chunk in response.content.iter_chunked(BLOB_CHUNK_SIZE):
                         received += len(chunk)
+                        telemetry.image_bytes_read(len(chunk))
                         if received > descriptor.size:
                             raise DigestMismatch(
                                 f"{what} from {source}: more than the {descriptor.size} bytes expected"

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pycri import telemetry
 from pycri.api import api_pb2
 from pycri.config import Config, ImageLimits
 from pycri.errors import (
@@ -171,27 +172,28 @@ class ImageService:
             except ValueError as exc:
                 raise InvalidArgument(f"auth: {exc}") from None
         started = time.monotonic()
-        try:
-            async with asyncio.timeout(self._config.images.pull_timeout):
-                image_id = await self._pull(ref, credentials)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"pull {ref}: not finished after {self._config.images.pull_timeout:g}s (images.pull_timeout)"
-            ) from None
-        except registry.NotFound as exc:
-            raise NotFound(str(exc)) from exc
-        except registry.Unauthorized as exc:
-            raise Unauthenticated(str(exc)) from exc
-        except registry.DigestMismatch as exc:
-            raise DataLoss(str(exc)) from exc
-        except registry.TooLarge as exc:
-            raise ResourceExhausted(_bounded(str(exc))) from exc
-        except registry.RegistryError as exc:
-            raise Unavailable(str(exc)) from exc
-        except LimitExceeded as exc:
-            raise ResourceExhausted(_bounded(f"pull {ref}: {exc}")) from exc
-        except (ContentError, SnapshotError, LayerError) as exc:
-            raise DataLoss(_bounded(f"pull {ref}: {exc}")) from exc
+        with telemetry.image_pull(str(ref)):
+            try:
+                async with asyncio.timeout(self._config.images.pull_timeout):
+                    image_id = await self._pull(ref, credentials)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"pull {ref}: not finished after {self._config.images.pull_timeout:g}s (images.pull_timeout)"
+                ) from None
+            except registry.NotFound as exc:
+                raise NotFound(str(exc)) from exc
+            except registry.Unauthorized as exc:
+                raise Unauthenticated(str(exc)) from exc
+            except registry.DigestMismatch as exc:
+                raise DataLoss(str(exc)) from exc
+            except registry.TooLarge as exc:
+                raise ResourceExhausted(_bounded(str(exc))) from exc
+            except registry.RegistryError as exc:
+                raise Unavailable(str(exc)) from exc
+            except LimitExceeded as exc:
+                raise ResourceExhausted(_bounded(f"pull {ref}: {exc}")) from exc
+            except (ContentError, SnapshotError, LayerError) as exc:
+                raise DataLoss(_bounded(f"pull {ref}: {exc}")) from exc
         seconds = round(time.monotonic() - started, 3)
         log.info("pulled image", extra={"fields": {"ref": str(ref), "id": image_id, "seconds": seconds}})
         return image_id
@@ -315,10 +317,12 @@ class ImageService:
         not kept: the snapshot is what containers use."""
         if self.snapshots.has(chain_id):
             return
-        blob = await self.content.ingest(layer.digest, layer.size, source.open_layer(layer))
+        with telemetry.span("image.fetch", {"pycri.layer.digest": layer.digest, "pycri.layer.size": layer.size}):
+            blob = await self.content.ingest(layer.digest, layer.size, source.open_layer(layer))
         try:
             guard = UnpackGuard(self._config.images.limits, budget)
-            await self.snapshots.unpack(chain_id, blob, layer.media_type, diff_id, guard)
+            with telemetry.span("image.unpack", {"pycri.layer.digest": layer.digest, "pycri.layer.chain_id": chain_id}):
+                await self.snapshots.unpack(chain_id, blob, layer.media_type, diff_id, guard)
         finally:
             self.content.delete(layer.digest)
 

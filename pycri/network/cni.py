@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pycri import telemetry
 from pycri.network.cni_cache import CachedAttachment, ResultCache
 from pycri.network.cni_config import (
     DEFAULT_CONF_DIR,
@@ -293,20 +294,21 @@ class CniManager:
         network = self._require_network()
         runtime = self._runtime(attachment, str(attachment.netns_path))
         loopback_runtime = replace(runtime, ifname=LOOPBACK_IFNAME)
-        try:
-            raw, loopback_raw = await _run_together(
-                CniNetwork(network, self.runner).add(runtime),
-                CniNetwork(LOOPBACK_NETWORK, self.runner).add(loopback_runtime),
-            )
-            result = parse_result(raw, attachment.ifname, network.name)
-            await asyncio.to_thread(
-                self.cache.write,
-                CachedAttachment(network, runtime, raw),
-                CachedAttachment(LOOPBACK_NETWORK, loopback_runtime, loopback_raw),
-            )
-        except BaseException:
-            await self._undo_add(network, runtime, loopback_runtime)
-            raise
+        with telemetry.span("cni.add", {"pycri.sandbox_id": attachment.container_id, "pycri.network": network.name}):
+            try:
+                raw, loopback_raw = await _run_together(
+                    CniNetwork(network, self.runner).add(runtime),
+                    CniNetwork(LOOPBACK_NETWORK, self.runner).add(loopback_runtime),
+                )
+                result = parse_result(raw, attachment.ifname, network.name)
+                await asyncio.to_thread(
+                    self.cache.write,
+                    CachedAttachment(network, runtime, raw),
+                    CachedAttachment(LOOPBACK_NETWORK, loopback_runtime, loopback_raw),
+                )
+            except BaseException:
+                await self._undo_add(network, runtime, loopback_runtime)
+                raise
         log.info(
             "pod network attached",
             extra={"fields": {"container_id": attachment.container_id, "network": network.name, "ips": result.ips}},
@@ -342,10 +344,11 @@ class CniManager:
         if network is not None and attachment.ifname not in {entry.runtime.ifname for entry in cached}:
             operations.append(CniNetwork(network, self.runner).delete(self._runtime(attachment, netns), None))
         # Every DEL runs to its end even when another fails: half a DEL helps nobody.
-        outcomes = await asyncio.gather(*operations, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        with telemetry.span("cni.del", {"pycri.sandbox_id": attachment.container_id}):
+            outcomes = await asyncio.gather(*operations, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         log.info("pod network detached", extra={"fields": {"container_id": attachment.container_id}})
 
     async def gc(self, valid_attachments: Iterable[PodAttachment]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pycri import telemetry
 from pycri.errors import DeadlineExceeded, PycriError, RuntimeFailure
 from pycri.oci import conmon
 from pycri.oci.conmon import ConmonCreate, ConmonProcess, ExitInfo
@@ -87,29 +88,34 @@ class ContainerRuntime:
     async def create(self, req: ContainerCreate) -> ConmonProcess:
         """Create the container (not started) under a new conmon. A failure leaves no conmon,
         no runtime state, no conmon files and no log file that was not there before."""
-        return await conmon.create_container(
-            ConmonCreate(
-                container_id=req.container_id,
-                name=req.name,
-                bundle=req.bundle,
-                runtime=self.handler,
-                log_path=req.log_path,
-                exit_dir=self._exit_dir,
-                persist_dir=req.bundle,
-                socket_dir=self._socket_dir,
-                stdin=req.stdin,
-                stdin_once=req.stdin_once,
-                tty=req.tty,
-                log_size_max=self._log_size_max,
-                place_conmon=req.place_conmon,
-                conmon_path=self._conmon,
-                create_timeout=self._timeouts.conmon_create,
-                runtime_call_timeout=self._timeouts.call,
+        with telemetry.span("oci.create", self._span_attributes(req.container_id)):
+            return await conmon.create_container(
+                ConmonCreate(
+                    container_id=req.container_id,
+                    name=req.name,
+                    bundle=req.bundle,
+                    runtime=self.handler,
+                    log_path=req.log_path,
+                    exit_dir=self._exit_dir,
+                    persist_dir=req.bundle,
+                    socket_dir=self._socket_dir,
+                    stdin=req.stdin,
+                    stdin_once=req.stdin_once,
+                    tty=req.tty,
+                    log_size_max=self._log_size_max,
+                    place_conmon=req.place_conmon,
+                    conmon_path=self._conmon,
+                    create_timeout=self._timeouts.conmon_create,
+                    runtime_call_timeout=self._timeouts.call,
+                )
             )
-        )
 
     async def start(self, container_id: str) -> None:
-        await self._runtime.start(container_id)
+        with telemetry.span("oci.start", self._span_attributes(container_id)):
+            await self._runtime.start(container_id)
+
+    def _span_attributes(self, container_id: str) -> dict[str, str]:
+        return {"container.id": container_id, "pycri.runtime_handler": self.handler.name}
 
     async def kill(self, container_id: str, signal_number: int) -> None:
         """Send a signal; no error when the container has already stopped."""

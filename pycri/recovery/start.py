@@ -15,10 +15,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from pycri import telemetry
 from pycri.container import lifecycle
 from pycri.container.context import ContainerContext
 from pycri.container.create import INTENT as CREATE_INTENT
@@ -26,7 +27,7 @@ from pycri.container.service import ContainerService
 from pycri.oci.runtime import ContainerState as RuntimeState
 from pycri.oci.runtime import ContainerStatus, OciRuntimeError
 from pycri.proc import ProcessRef, boot_id, start_time
-from pycri.recovery.sweep import Owned, SweepScope, sweep_orphans
+from pycri.recovery.sweep import Owned, Removal, SweepScope, sweep_orphans
 from pycri.sandbox import service as sandbox_ops
 from pycri.sandbox.context import attachment
 from pycri.sandbox.pause import pause_process
@@ -58,9 +59,10 @@ async def recover(
     pending = await asyncio.to_thread(intents.pending)
     await _resolve_intents(containers, sandboxes, [i for i in pending if i.kind in _RUNTIME_KINDS])
     await _release_stale_leases(ctx)
-    await _sweep(containers, sandboxes)
+    removals = await _sweep(containers, sandboxes)
     await image_recovery([i for i in pending if i.kind not in _RUNTIME_KINDS])
     await ctx.state.write_node_fact(BOOT_ID_FACT, boot_id())
+    telemetry.recovery_done(time.monotonic() - started, Counter(removal.kind for removal in removals))
     log.info(
         "recovery done",
         extra={
@@ -187,7 +189,7 @@ async def _release_stale_leases(ctx: ContainerContext) -> None:
         log.warning("released stale snapshot leases", extra={"fields": {"owners": released}})
 
 
-async def _sweep(containers: ContainerService, sandboxes: SandboxService) -> None:
+async def _sweep(containers: ContainerService, sandboxes: SandboxService) -> list[Removal]:
     ctx = containers.ctx
     records = list(ctx.state.sandboxes())
     scope = SweepScope(
@@ -203,4 +205,4 @@ async def _sweep(containers: ContainerService, sandboxes: SandboxService) -> Non
         container_ids=frozenset(r.id for r in ctx.state.containers()),
     )
     valid = [attachment(r) for r in records if r.netns_path is not None and r.ips]
-    await sweep_orphans(scope, owned, ctx.cgroups, sandboxes.ctx.network, valid)
+    return await sweep_orphans(scope, owned, ctx.cgroups, sandboxes.ctx.network, valid)

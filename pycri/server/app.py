@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from pycri import telemetry
 from pycri.config import Config
 from pycri.daemon import Daemon
 from pycri.sdnotify import ServiceManager
@@ -74,6 +75,7 @@ async def serve(config: Config, service_manager: ServiceManager | None = None) -
     daemon = Daemon.open(config)
     try:
         claim_socket_path(config.socket)
+        await telemetry.start(config, daemon.state)  # before recovery, which it measures
         await daemon.start()
         server = grpc.aio.server(
             options=[
@@ -97,6 +99,7 @@ async def serve(config: Config, service_manager: ServiceManager | None = None) -
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
         await daemon.close()
+        await telemetry.stop()
 
 
 async def _wait_for_signal() -> None:

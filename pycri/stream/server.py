@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from pycri import telemetry
 from pycri.api import api_pb2
 from pycri.stream import portforward, remotecommand
 from pycri.stream.limits import ConnectionLimits, IdleWatch
@@ -186,10 +187,11 @@ class StreamServer:
             return
         log.info("streaming session", extra={"fields": {"kind": kind, "upgrade": upgrade}})
         connection = _Connection(reader, writer, idle)
-        if isinstance(request, api_pb2.PortForwardRequest):
-            await self._serve_port_forward(http, request, connection)
-        else:
-            await self._serve_command(http, request, connection)
+        with telemetry.stream_session(kind):
+            if isinstance(request, api_pb2.PortForwardRequest):
+                await self._serve_port_forward(http, request, connection)
+            else:
+                await self._serve_command(http, request, connection)
 
     def _websocket(self, connection: _Connection, subprotocol: str) -> WebSocket:
         max_message = self._limits.websocket_max_message_bytes
