@@ -121,16 +121,23 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[: depth + 1]) for depth in range(len(parts))]
 
 
-def build_image() -> tuple[Image, int, int]:
-    """The benchmark image, its uncompressed size in bytes and its number of files."""
+def build_image(scale: float = 1.0) -> tuple[Image, int, int]:
+    """The benchmark image, its uncompressed size in bytes and its number of files.
+
+    `scale` below 1 makes a smaller image of the same shape: fewer small files, smaller big ones.
+    """
     source = ContentSource(SEED)
+
+    def count(number: int) -> int:
+        return max(1, round(number * scale))
+
     layer_entries = [
-        small_files_entries(source, "usr/share/doc/bench", 3000, random_share=0.0, suffix=".txt"),
-        small_files_entries(source, "usr/lib/bench", 3000, random_share=0.6, suffix=".so"),
-        large_files_entries(source, "opt/data", [18, 18], text=False),
-        large_files_entries(source, "var/lib/bench", [24], text=True)
-        + large_files_entries(source, "var/cache/bench", [12], text=False),
-        large_files_entries(source, "srv/assets", [1] * 16, text=False),
+        small_files_entries(source, "usr/share/doc/bench", count(3000), random_share=0.0, suffix=".txt"),
+        small_files_entries(source, "usr/lib/bench", count(3000), random_share=0.6, suffix=".so"),
+        large_files_entries(source, "opt/data", [count(18)] * 2, text=False),
+        large_files_entries(source, "var/lib/bench", [count(24)], text=True)
+        + large_files_entries(source, "var/cache/bench", [count(12)], text=False),
+        large_files_entries(source, "srv/assets", [1] * count(16), text=False),
     ]
     layers: list[Layer] = [busybox_layer("gzip")] + [make_layer(entries, "gzip") for entries in layer_entries]
     uncompressed = sum(len(entry.data) for entries in layer_entries for entry in entries)
