@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pycri import __version__
 from pycri.cli_images import add_images_commands, run_images
-from pycri.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, config_to_toml, load_config
+from pycri.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, ConfigSource, config_to_toml
 from pycri.log import setup_logging
 from pycri.sdnotify import ServiceManager
 
@@ -29,13 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(config: Config, service_manager: ServiceManager) -> int:
+def _serve(config: Config, source: ConfigSource, service_manager: ServiceManager) -> int:
     from pycri.daemon import AlreadyRunning
     from pycri.server.app import SocketInUse, serve
     from pycri.telemetry import MetricsUnavailable
 
     try:
-        asyncio.run(serve(config, service_manager))
+        asyncio.run(serve(config, source, service_manager))
     except (AlreadyRunning, SocketInUse, MetricsUnavailable) as exc:
         print(f"pycri: {exc}", file=sys.stderr)
         return 1
@@ -54,8 +54,10 @@ def _info(config: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Command-line overrides win over the file at start and at every reload.
+    source = ConfigSource(args.config, {"log_level": args.log_level, "log_format": args.log_format})
     try:
-        config = load_config(args.config, {"log_level": args.log_level, "log_format": args.log_format})
+        config = source.load()
     except ConfigError as exc:
         print(f"pycri: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before any child starts: runc, conmon and CNI plugins must not inherit NOTIFY_SOCKET and its kin.
     service_manager = ServiceManager.from_environment(os.environ)
     if args.command == "serve":
-        return _serve(config, service_manager)
+        return _serve(config, source, service_manager)
     if args.command == "images":
         return run_images(config, args)
     if args.command == "config":

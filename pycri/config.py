@@ -209,6 +209,18 @@ class Config:
         return configured if configured is not None else self.state_dir / name
 
 
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a config comes from: the file (None: the default path if it exists) and the command
+    line's overrides, which win over the file at start and at every reload."""
+
+    path: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Config:
+        return load_config(self.path, self.overrides)
+
+
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read `path` (the default path when None, if it exists) and apply CLI overrides."""
     raw: dict[str, Any] = {}
@@ -401,18 +413,18 @@ def _render_table(lines: list[str], table: dict[str, Any], path: list[str]) -> N
     scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in table.items() if isinstance(v, dict)}
     if path and (scalars or not tables):
-        lines.append(f"\n[{'.'.join(_toml_key(p) for p in path)}]")
+        lines.append(f"\n[{'.'.join(toml_key(p) for p in path)}]")
     for key, value in scalars.items():
         if value is None:
             # Commented out, ready to edit: "" reads back as unset, so uncommenting it changes nothing.
-            lines.append(f'# {_toml_key(key)} = ""  (unset)')
+            lines.append(f'# {toml_key(key)} = ""  (unset)')
         else:
-            lines.append(f"{_toml_key(key)} = {toml_value(value)}")
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
     for key, value in tables.items():
         _render_table(lines, value, [*path, key])
 
 
-def _toml_key(key: str) -> str:
+def toml_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pycri.api import api_pb2
 from pycri.calls import ObjectLocks
 from pycri.cgroups import CgroupManager, make_cgroup_manager
-from pycri.config import Config
+from pycri.config import Config, HandlerConfig
 from pycri.container.context import ContainerContext
 from pycri.container.service import ContainerService
 from pycri.errors import InvalidArgument
@@ -34,6 +34,15 @@ from pycri.state.store import Store, make_private_dir
 from pycri.stream.service import StreamService
 
 log = logging.getLogger(__name__)
+
+
+async def _handler_features(runtime: ContainerRuntime, handler: HandlerConfig) -> api_pb2.RuntimeHandlerFeatures:
+    """What a runtime handler can do, read from `<runtime> features` (nothing when it is missing)."""
+    features = await runtime.features() or {} if is_executable(handler.path) else {}
+    return api_pb2.RuntimeHandlerFeatures(
+        recursive_read_only_mounts="rro" in (features.get("mountOptions") or []),
+        user_namespaces=False,  # the spec generator refuses user namespaces for now
+    )
 
 
 class AlreadyRunning(RuntimeError):
@@ -92,6 +101,8 @@ class Daemon:
     handler_features: dict[str, api_pb2.RuntimeHandlerFeatures] = field(default_factory=dict)
     # What RuntimeDefault means for AppArmor on this host, for the runtime status.
     apparmor: str = ""
+    # One driver per runtime handler, shared with the container and pause services (a reload adds to it).
+    runtimes: dict[str, ContainerRuntime] = field(default_factory=dict)
     _lock_fd: int = -1
     _host_info: HostInfo | None = field(default=None, repr=False)
 
@@ -127,7 +138,7 @@ class Daemon:
         streams = StreamService(config, containers, sandboxes)
         return cls(
             config, store, state, intents, cgroups, network, images, containers, sandboxes, streams, locks,
-            _lock_fd=lock_fd,
+            runtimes=runtimes, _lock_fd=lock_fd,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -141,14 +152,24 @@ class Daemon:
         await self.images.start()
         await recover(self.containers, self.sandboxes, self.intents, self.images.recover)
         self.apparmor = await load_default_profile(APPARMOR_PARSER, self.config.timeouts.runtime)
-        for name, runtime in self.containers.ctx.runtimes.items():
-            handler = self.config.runtime.handlers[name]
-            features = await runtime.features() or {} if is_executable(handler.path) else {}
-            self.handler_features[name] = api_pb2.RuntimeHandlerFeatures(
-                recursive_read_only_mounts="rro" in (features.get("mountOptions") or []),
-                user_namespaces=False,  # the spec generator refuses user namespaces for now
-            )
+        for name, runtime in self.runtimes.items():
+            self.handler_features[name] = await _handler_features(runtime, self.config.runtime.handlers[name])
         await self.streams.start()
+
+    async def reconfigure(self, config: Config) -> None:
+        """Run with `config` from now on: a reloaded config whose keys that need a restart still hold
+        the running values (pycri/reload.py makes it). New runtime handlers get their drivers; every
+        component that reads the config gets the new one, none is changed in place."""
+        added = {name: runtime for name, runtime in container_runtimes(config).items() if name not in self.runtimes}
+        features = {name: await _handler_features(rt, config.runtime.handlers[name]) for name, rt in added.items()}
+        self.images.reconfigure(config)
+        self.runtimes.update(added)
+        self.handler_features.update(features)
+        self.containers.ctx.config = config
+        self.sandboxes.ctx.config = config
+        self.sandboxes.ctx.pause.reconfigure(config)
+        self.config = config
+        self._host_info = None
 
     def host_info(self) -> HostInfo:
         """Versions of the host's binaries, read once (they only change with a package upgrade)."""

@@ -116,6 +116,17 @@ class RegistryClient:
             self._session = None
             self._authorizer = None
 
+    def reconfigure(self, options: RegistryOptions) -> None:
+        """Take new mirrors, plain-HTTP hosts, docker config and credential and foreign-URL policy (a
+        config reload): each pull looks them up as it goes, so the next lookup sees the new ones. The
+        platform, download slots and timeout are fixed for the client's life."""
+        fixed = ("platform", "max_concurrent_downloads", "timeout")
+        changed = [name for name in fixed if getattr(options, name) != getattr(self._options, name)]
+        if changed:
+            raise ValueError(f"a registry client cannot change {', '.join(changed)} while it runs")
+        self._options = options
+        self.policy = EndpointPolicy(options)
+
     def endpoints(self, domain: str) -> list[Endpoint]:
         return self.policy.endpoints(domain)
 

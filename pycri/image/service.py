@@ -79,6 +79,19 @@ def image_user(config: dict[str, Any]) -> tuple[int | None, str]:
     return None, name
 
 
+def registry_options(config: Config) -> registry.RegistryOptions:
+    images = config.images
+    return registry.RegistryOptions(
+        mirrors=dict(images.mirrors),
+        plain_http=set(images.insecure_registries),
+        platform=images.platform,
+        docker_config=str(images.docker_config) if images.docker_config else None,
+        max_concurrent_downloads=images.max_concurrent_downloads,
+        mirror_credentials=set(images.mirror_credentials),
+        foreign_layer_hosts=set(images.foreign_layer_hosts),
+    )
+
+
 class ImageService:
     def __init__(self, config: Config, store: Store, command: bool = False, gc_grace_seconds: float = 0.0) -> None:
         """A `command` is `pycri images`, perhaps beside a daemon on the same root: it
@@ -95,15 +108,6 @@ class ImageService:
         self._stale = False
         self._reloading = asyncio.Lock()
         self._removing = asyncio.Lock()
-        self._registry_options = registry.RegistryOptions(
-            mirrors=dict(config.images.mirrors),
-            plain_http=set(config.images.insecure_registries),
-            platform=config.images.platform,
-            docker_config=str(config.images.docker_config) if config.images.docker_config else None,
-            max_concurrent_downloads=config.images.max_concurrent_downloads,
-            mirror_credentials=set(config.images.mirror_credentials),
-            foreign_layer_hosts=set(config.images.foreign_layer_hosts),
-        )
         self._registry: registry.RegistryClient | None = None
         self._fs_usage: _FsUsage | None = None
         self._pause_name = self._normalised(config.runtime.pause_image)
@@ -111,7 +115,14 @@ class ImageService:
     async def start(self) -> None:
         """The daemon's start: watch for changes `pycri images` makes, open the registry client."""
         self._changes.start()
-        self._registry = registry.RegistryClient(self._registry_options)
+        self._registry = registry.RegistryClient(registry_options(self._config))
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config: registry endpoints, credentials, pull timeout and limits apply to
+        what pulls do from now on. The dirs, platform, download slots and pause image stay."""
+        if self._registry is not None:
+            self._registry.reconfigure(registry_options(config))
+        self._config = config
 
     async def recover(self, pending: list[Intent]) -> None:
         """At start, before serving: undo the unpacks and finish the removals a crash cut

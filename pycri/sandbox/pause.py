@@ -63,6 +63,10 @@ class PauseProcesses:
         self._cgroups = cgroups
         self._own_oom_score_adj = own_oom_score_adj
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (handlers' allowed annotations) for the pause processes started from now on."""
+        self._config = config
+
     async def _image_id(self) -> str:
         reference = self._config.runtime.pause_image
         image = await self._images.lookup(reference)

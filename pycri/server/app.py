@@ -16,8 +16,9 @@ from pathlib import Path
 import grpc
 
 from pycri import telemetry
-from pycri.config import Config
+from pycri.config import Config, ConfigSource
 from pycri.daemon import Daemon
+from pycri.reload import Reloader
 from pycri.sdnotify import ServiceManager
 from pycri.server.handlers import image_service_handlers, runtime_service_handlers
 
@@ -67,12 +68,17 @@ def file_creation_mask(mask: int) -> Iterator[None]:
         os.umask(previous)
 
 
-async def serve(config: Config, service_manager: ServiceManager | None = None) -> None:
-    """Serve until SIGTERM or SIGINT. `service_manager` hears READY=1 once start-up (recovery included) is
-    done and the socket answers, STOPPING=1 at the signal, and watchdog pings while pycri runs."""
+async def serve(config: Config, source: ConfigSource, service_manager: ServiceManager | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads the config from `source` (pycri/reload.py).
+    `service_manager` hears READY=1 once start-up (recovery included) is done and the socket answers,
+    RELOADING=1 and READY=1 around a reload, STOPPING=1 at the end, and watchdog pings while pycri runs."""
     manager = service_manager or ServiceManager()
+    loop = asyncio.get_running_loop()
+    hangup_at_start = asyncio.Event()  # a SIGHUP during start-up is acted on once pycri serves
+    loop.add_signal_handler(signal.SIGHUP, hangup_at_start.set)
     watchdog = asyncio.create_task(manager.keep_watchdog_fed())
     daemon = Daemon.open(config)
+    reloader = Reloader(daemon, source, manager, f"serving CRI on {config.socket}")
     try:
         claim_socket_path(config.socket)
         await telemetry.start(config, daemon.state)  # before recovery, which it measures
@@ -89,7 +95,12 @@ async def serve(config: Config, service_manager: ServiceManager | None = None) -
             await server.start()
         log.info("serving", extra={"fields": {"socket": str(config.socket), "root": str(config.root_dir)}})
         manager.ready(f"serving CRI on {config.socket}")
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        if hangup_at_start.is_set():
+            reloader.request()
         await _wait_for_signal()
+        loop.add_signal_handler(signal.SIGHUP, hangup_at_start.set)  # no reload while stopping
+        await reloader.close()
         manager.stopping()
         log.info("shutting down", extra={"fields": {"grace_s": SHUTDOWN_GRACE_SECONDS}})
         await server.stop(SHUTDOWN_GRACE_SECONDS)
