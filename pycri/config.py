@@ -182,6 +182,14 @@ class TracingSection:
 
 
 @dataclass
+class CdiSection:
+    """Container Device Interface specs (JSON or YAML) naming the devices containers may ask for."""
+
+    # Read in this order: a device defined in a later dir replaces one of the same name in an earlier dir.
+    spec_dirs: list[Path] = field(default_factory=lambda: [Path("/etc/cdi"), Path("/var/run/cdi")])
+
+
+@dataclass
 class Config:
     socket: Path = Path("/run/pycri/pycri.sock")
     root_dir: Path = Path("/var/lib/pycri")
@@ -194,6 +202,7 @@ class Config:
     images: ImageSection = field(default_factory=ImageSection)
     streaming: StreamingSection = field(default_factory=StreamingSection)
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
+    cdi: CdiSection = field(default_factory=CdiSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     tracing: TracingSection = field(default_factory=TracingSection)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pycri.api import api_pb2
+from pycri.cdi.inject import inject_devices
+from pycri.cdi.registry import ResolvedDevices, resolve_requested
 from pycri.container.context import ContainerContext
 from pycri.container.image_mounts import mount_image_volumes
 from pycri.container.rootfs import make_layer_dirs, mount_leased, write_bundle
@@ -86,6 +88,7 @@ async def create_container(
     if not sandbox.ready:
         raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
     target_namespace = target_pid_namespace(ctx, sandbox, config)
+    cdi_devices = await resolve_requested(config, ctx.config.cdi.spec_dirs)
     image = await ctx.images.lookup(config.image.image)
     if image is None:
         raise NotFound(f"image {config.image.image!r} not found: pull it first")
@@ -110,7 +113,7 @@ async def create_container(
     intent = await ctx.intents.begin(INTENT, container_id, plan)
     kill_point("create_container.intent")
     try:
-        made = _Sources(image.chain_ids, image.config, bind_sources, target_namespace)
+        made = _Sources(image.chain_ids, image.config, bind_sources, target_namespace, cdi_devices)
         committed = await _make(ctx, sandbox, record, made, intent)
     except BaseException as exc:
         await asyncio.shield(_undo(ctx, record, bind_sources, intent))
@@ -142,6 +145,7 @@ class _Sources:
     image_config: dict[str, Any]
     bind_sources: tuple[Path, ...]
     target_pid_namespace: Path | None
+    cdi_devices: ResolvedDevices | None
 
 
 async def _make(
@@ -169,6 +173,8 @@ async def _make(
         allowed_annotations=tuple(ctx.config.handler(record.runtime_handler).allowed_annotations),
     )
     spec = await asyncio.to_thread(container_spec, spec_input)
+    if made.cdi_devices is not None:
+        await asyncio.to_thread(inject_devices, spec, made.cdi_devices)
     bundle = ctx.bundle_dir(record.id)
     await asyncio.to_thread(write_bundle, bundle, spec)
     kill_point("create_container.bundle")

@@ -246,8 +246,6 @@ def _check_supported(config: api_pb2.ContainerConfig, sandbox: api_pb2.PodSandbo
     namespace_options = context.namespace_options
     if namespace_options.HasField("userns_options") and namespace_options.userns_options.mode != api_pb2.NODE:
         raise SpecError(f"{_CONTEXT}.namespace_options.userns_options: user namespaces are not supported")
-    if config.CDI_devices:
-        raise SpecError("CDI_devices: CDI devices are not supported")
 
 
 def allowed(annotations: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
@@ -269,6 +267,8 @@ def container_spec(inp: ContainerSpecInput) -> dict[str, Any]:
     """The config.json dict of a container. Raises SpecError naming the CRI field at fault.
 
     Bind sources must exist: create `missing_bind_sources(config)` first, as containerd does.
+    CDI devices (CDI_devices, cdi.k8s.io/ annotations) are not here: the container service
+    injects them into the result (pycri.cdi).
     """
     host = inp.host or probe_host()
     config = inp.config

@@ -372,16 +372,13 @@ def test_unprivileged_container_has_default_caps_and_device_rules(tmp_path: Path
     assert "devices" not in spec["linux"]
 
 
-def test_user_namespaces_and_cdi_are_refused(tmp_path: Path) -> None:
+def test_user_namespaces_are_refused(tmp_path: Path) -> None:
     config = container_config(args=["/app"])
     config.linux.security_context.namespace_options.userns_options.mode = api_pb2.POD
     with pytest.raises(SpecError, match="userns_options: user namespaces are not supported"):
         build(tmp_path, config)
     config.linux.security_context.namespace_options.userns_options.mode = api_pb2.NODE
     build(tmp_path, config)
-    config.CDI_devices.append(api_pb2.CDIDevice(name="vendor.com/gpu=0"))
-    with pytest.raises(SpecError, match="^CDI_devices: "):
-        build(tmp_path, config)
 
 
 def test_image_config_section_must_be_an_object(tmp_path: Path) -> None:
