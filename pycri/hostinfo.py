@@ -22,6 +22,8 @@ class BinaryInfo:
     path: str
     version: str | None = None  # None when the binary is missing or does not run
     cni_versions: list[str] = field(default_factory=list)
+    # The rest of what `--version` printed: runc's "libseccomp: 2.5.4", crun's "+SECCOMP +APPARMOR ...".
+    build: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -48,13 +50,26 @@ def find_plugin(name: str, bin_dirs: list[Path]) -> Path | None:
     return None
 
 
-def _first_line(args: list[str], timeout: float, env: dict[str, str] | None = None) -> str | None:
+def _output_lines(args: list[str], timeout: float, env: dict[str, str] | None = None) -> list[str]:
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = (done.stdout or done.stderr).strip().splitlines()
+        return []
+    return (done.stdout or done.stderr).strip().splitlines()
+
+
+def _first_line(args: list[str], timeout: float, env: dict[str, str] | None = None) -> str | None:
+    lines = _output_lines(args, timeout, env)
     return lines[0] if lines else None
+
+
+def _binary_info(path: Path, timeout: float) -> BinaryInfo:
+    """`path --version`: its first line is the version, the others describe the build."""
+    info = BinaryInfo(str(path))
+    if is_executable(path):
+        lines = _output_lines([str(path), "--version"], timeout)
+        info.version, info.build = (lines[0], lines[1:]) if lines else (None, [])
+    return info
 
 
 def _plugin_info(path: Path, timeout: float) -> BinaryInfo:
@@ -71,16 +86,11 @@ def collect_host_info(config: Config, plugins: tuple[str, ...] = DEFAULT_PLUGINS
     missing: list[str] = []
     runtimes: dict[str, BinaryInfo] = {}
     for name, handler in config.runtime.handlers.items():
-        info = BinaryInfo(str(handler.path))
-        if is_executable(handler.path):
-            info.version = _first_line([str(handler.path), "--version"], config.timeouts.runtime)
-        else:
+        runtimes[name] = _binary_info(handler.path, config.timeouts.runtime)
+        if not is_executable(handler.path):
             missing.append(f"runtime handler {name!r}: {handler.path} is not an executable file")
-        runtimes[name] = info
-    conmon = BinaryInfo(str(config.runtime.conmon))
-    if is_executable(config.runtime.conmon):
-        conmon.version = _first_line([str(config.runtime.conmon), "--version"], config.timeouts.runtime)
-    else:
+    conmon = _binary_info(config.runtime.conmon, config.timeouts.runtime)
+    if not is_executable(config.runtime.conmon):
         missing.append(f"conmon: {config.runtime.conmon} is not an executable file")
     cni: dict[str, BinaryInfo] = {}
     for plugin in plugins:
