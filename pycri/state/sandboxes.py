@@ -107,6 +107,22 @@ def stopped(record: SandboxRecord) -> SandboxRecord:
     return dataclasses.replace(record, state=SandboxState.NOTREADY, ips=(), pause_pid=None, pause_start_time=None)
 
 
+def resources_updated(
+    record: SandboxRecord,
+    overhead: api_pb2.LinuxContainerResources | None,
+    resources: api_pb2.LinuxContainerResources | None,
+) -> SandboxRecord:
+    """UpdatePodSandboxResources: the pod's config holds the overhead and resources last given
+    (one left out is cleared, as kubelet sends the whole picture)."""
+    config = api_pb2.PodSandboxConfig()
+    config.CopyFrom(record.config)
+    for name, value in (("overhead", overhead), ("resources", resources)):
+        config.linux.ClearField(name)
+        if value is not None:
+            getattr(config.linux, name).CopyFrom(value)
+    return dataclasses.replace(record, config=config)
+
+
 # ---- rows ----
 
 _COLUMNS = (
