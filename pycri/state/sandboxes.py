@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pycri.api import api_pb2
+from pycri.userns.mappings import UserNamespaceMappings, user_namespace
 
 HOSTNAME_FILE = "hostname"
+USERNS_PIN = "userns"
 HOSTS_FILE = "hosts"
 RESOLV_CONF_FILE = "resolv.conf"
 
@@ -71,6 +73,16 @@ class SandboxRecord:
     @property
     def namespace_options(self) -> api_pb2.NamespaceOption:
         return self.config.linux.security_context.namespace_options
+
+    @property
+    def user_namespace(self) -> UserNamespaceMappings | None:
+        """The mappings of the pod's own user namespace (checked by RunPodSandbox); None: the host's."""
+        return user_namespace(self.namespace_options, "config.linux.security_context.namespace_options")
+
+    @property
+    def userns_path(self) -> Path | None:
+        """Where the pod's own user namespace is pinned; it owns the pod's net, IPC and UTS namespaces."""
+        return self.state_dir / USERNS_PIN if self.user_namespace is not None else None
 
     @property
     def shared_pid(self) -> bool:
