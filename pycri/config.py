@@ -163,6 +163,25 @@ class TimeoutsSection:
 
 
 @dataclass
+class NriSection:
+    """NRI (Node Resource Interface) plugins, hosted as containerd and CRI-O host them."""
+
+    enable: bool = False
+    # Where plugins that run on their own connect.
+    socket_path: Path = Path("/var/run/nri/nri.sock")
+    # Executables named <two-digit index>-<name> here are started with pycri, each on its own socket pair.
+    plugin_path: Path = Path("/opt/nri/plugins")
+    # <index>-<name>.conf or <name>.conf here is handed to that started plugin as its configuration.
+    plugin_config_path: Path = Path("/etc/nri/conf.d")
+    # Seconds a plugin has to register after it connects, and again to synchronize with the pods and containers.
+    plugin_registration_timeout: float = 5.0
+    # Seconds a plugin has to answer one event; a plugin that does not is dropped.
+    plugin_request_timeout: float = 2.0
+    # Plugin names (without the index) every container needs: CreateContainer fails while one is not connected.
+    required_plugins: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MetricsSection:
     """Prometheus metrics over HTTP (GET /metrics)."""
 
@@ -203,6 +222,7 @@ class Config:
     streaming: StreamingSection = field(default_factory=StreamingSection)
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
     cdi: CdiSection = field(default_factory=CdiSection)
+    nri: NriSection = field(default_factory=NriSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     tracing: TracingSection = field(default_factory=TracingSection)
 
@@ -316,6 +336,11 @@ def _validate(config: Config) -> None:
         ("streaming.token_ttl", config.streaming.token_ttl),
     ]
     seconds += [(f"timeouts.{f.name}", getattr(config.timeouts, f.name)) for f in dataclasses.fields(TimeoutsSection)]
+    seconds += [("nri.plugin_registration_timeout", config.nri.plugin_registration_timeout)]
+    seconds += [("nri.plugin_request_timeout", config.nri.plugin_request_timeout)]
+    for name in config.nri.required_plugins:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise bad("nri.required_plugins", name, "expected a plugin name of letters, digits and _.+-")
     for key, value in seconds:
         if not value > 0 or value == float("inf"):
             raise bad(key, value, "expected seconds > 0")

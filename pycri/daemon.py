@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pycri import __version__
 from pycri.api import api_pb2
 from pycri.calls import ObjectLocks
 from pycri.cgroups import CgroupManager, make_cgroup_manager
@@ -20,6 +21,7 @@ from pycri.hostinfo import HostInfo, collect_host_info, is_executable
 from pycri.image.service import ImageService
 from pycri.network.cni import CniManager, parse_pod_cidrs
 from pycri.network.cni_config import installed_default_config
+from pycri.nri.hooks import Nri
 from pycri.oci.apparmor import APPARMOR_PARSER, load_default_profile
 from pycri.oci.driver import ContainerRuntime, RuntimeTimeouts
 from pycri.oci.runtime import RuntimeHandler
@@ -119,6 +121,7 @@ class Daemon:
         own_oom_score_adj = int(Path("/proc/self/oom_score_adj").read_text())
         state = StateStore(store, config.root_dir / "sandboxes", config.state_dir / "sandboxes")
         intents = IntentLog(store)
+        nri = Nri(config, state, __version__, own_oom_score_adj)
         locks = ObjectLocks()
         cgroups = make_cgroup_manager(
             config.runtime.cgroup_driver, config.runtime.cgroup_parent, config.runtime.conmon_cgroup
@@ -129,12 +132,13 @@ class Daemon:
         )
         images = ImageService(config, store)
         containers = ContainerService(
-            ContainerContext(config, state, intents, images, runtimes, cgroups, own_oom_score_adj), locks
+            ContainerContext(config, state, intents, images, runtimes, cgroups, own_oom_score_adj, nri), locks
         )
         pause = PauseProcesses(config, images, runtimes, cgroups, own_oom_score_adj)
         sandboxes = SandboxService(
-            SandboxContext(config, state, intents, network, HostNamespaces(), pause, cgroups), containers, locks
+            SandboxContext(config, state, intents, network, HostNamespaces(), pause, cgroups, nri), containers, locks
         )
+        nri.attach(containers)
         streams = StreamService(config, containers, sandboxes)
         return cls(
             config, store, state, intents, cgroups, network, images, containers, sandboxes, streams, locks,
@@ -154,6 +158,7 @@ class Daemon:
         self.apparmor = await load_default_profile(APPARMOR_PARSER, self.config.timeouts.runtime)
         for name, runtime in self.runtimes.items():
             self.handler_features[name] = await _handler_features(runtime, self.config.runtime.handlers[name])
+        await self.containers.ctx.nri.start()  # plugins synchronize with the recovered pods and containers
         await self.streams.start()
 
     async def reconfigure(self, config: Config) -> None:
@@ -187,6 +192,7 @@ class Daemon:
 
     async def close(self) -> None:
         await self.locks.drain()
+        await self.containers.ctx.nri.stop()
         self.containers.close()
         await self.images.close()
         self.store.close()

@@ -22,6 +22,9 @@ PROTO_ROOT = REPO_ROOT / "proto"
 PROTO_FILES = ("nri/api.proto", "nri/ttrpc.proto")
 DEFAULT_OUT = REPO_ROOT / "pycri" / "nri" / "pb"
 MODULE_NAMES = ("api_pb2.py", "api_pb2.pyi", "ttrpc_pb2.py", "ttrpc_pb2.pyi")
+# NRI's Field enum has a value named None: valid protobuf, but a syntax error in a Python stub, so the
+# stub leaves it out (the value is still there as api_pb2.Field.Value("None")).
+_STUB_LINES_DROPPED = ("    None: _ClassVar[Field]\n", "None: Field\n")
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -42,10 +45,11 @@ def generate(out_dir: Path) -> list[Path]:
             raise RuntimeError(f"protoc failed with exit code {exit_code} on {', '.join(PROTO_FILES)}")
         written = []
         for name in MODULE_NAMES:
+            content = (Path(scratch) / "nri" / name).read_text(encoding="utf-8")
+            if name.endswith(".pyi"):
+                content = "".join(line for line in content.splitlines(keepends=True) if line not in _STUB_LINES_DROPPED)
             target = out_dir / name
-            target.write_text(
-                (Path(scratch) / "nri" / name).read_text(encoding="utf-8"), encoding="utf-8", newline="\n"
-            )
+            target.write_text(content, encoding="utf-8", newline="\n")
             written.append(target)
     return written
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycri.cgroups import CgroupManager
@@ -20,6 +20,7 @@ from pycri.config import Config
 from pycri.container.image_mounts import unmount_image_volumes
 from pycri.image import overlay
 from pycri.image.service import ImageService
+from pycri.nri.hooks import Nri
 from pycri.oci.driver import ContainerRuntime
 from pycri.state.containers import ContainerRecord
 from pycri.state.intents import IntentLog
@@ -42,6 +43,7 @@ class ContainerContext:
     runtimes: Mapping[str, ContainerRuntime]
     cgroups: CgroupManager
     own_oom_score_adj: int
+    nri: Nri = field(default_factory=Nri)
 
     def runtime(self, handler: str) -> ContainerRuntime:
         return self.runtimes[handler]

@@ -114,13 +114,15 @@ async def create_container(
     kill_point("create_container.intent")
     try:
         made = _Sources(image.chain_ids, image.config, bind_sources, target_namespace, cdi_devices)
-        committed = await _make(ctx, sandbox, record, made, intent)
+        async with ctx.nri.operation():  # no NRI plugin synchronizes while a container is half made
+            committed = await _make(ctx, sandbox, record, made, intent)
     except BaseException as exc:
         await asyncio.shield(_undo(ctx, record, bind_sources, intent))
         if isinstance(exc, OciRuntimeError):
             raise runtime_error(exc, f"create container {name!r}") from exc
         raise
     kill_point("create_container.committed")
+    await ctx.nri.post_create_container(committed)
     log.info("created container", extra={"fields": {"id": container_id, "name": name, "sandbox": sandbox.id}})
     return committed.id
 
@@ -128,6 +130,7 @@ async def create_container(
 async def _undo(ctx: ContainerContext, record: ContainerRecord, bind_sources: tuple[Path, ...], intent: Intent) -> None:
     """Undo a CreateContainer. Should a step fail, the intent stays and the next start tries again;
     the caller still gets the error that made the undo necessary."""
+    await ctx.nri.remove_container(record)
     try:
         await ctx.teardown(record, bind_sources)
     except Exception as exc:  # noqa: BLE001 - logged; the intent keeps what is left
@@ -175,6 +178,8 @@ async def _make(
     spec = await asyncio.to_thread(container_spec, spec_input)
     if made.cdi_devices is not None:
         await asyncio.to_thread(inject_devices, spec, made.cdi_devices)
+    if plugin_cgroups_path := await ctx.nri.create_container(sandbox, record, spec):
+        record = dataclasses.replace(record, cgroups_path=plugin_cgroups_path)
     bundle = ctx.bundle_dir(record.id)
     await asyncio.to_thread(write_bundle, bundle, spec)
     kill_point("create_container.bundle")

@@ -50,6 +50,7 @@ async def start_container(ctx: ContainerContext, container_id: str) -> None:
         return
     if record.state is not ContainerState.CREATED:
         raise FailedPrecondition(f"container {record.id} is {record.state.value}, not created")
+    await ctx.nri.start_container(record)
     intent = await ctx.intents.begin(START_INTENT, record.id, {"record": containers.to_plan(record)})
     kill_point("start_container.intent")
     started_at = time.time_ns()
@@ -63,6 +64,8 @@ async def start_container(ctx: ContainerContext, container_id: str) -> None:
         record.id, _ran(started_at), finishes=intent, event=_EVENTS.CONTAINER_STARTED_EVENT
     )
     log.info("started container", extra={"fields": {"id": record.id}})
+    if (started := ctx.state.container(record.id)) is not None:
+        await ctx.nri.post_start_container(started)
 
 
 async def take_exit(ctx: ContainerContext, container_id: str) -> bool:
@@ -141,6 +144,7 @@ async def remove_container(ctx: ContainerContext, container_id: str) -> None:
         await stop_container(ctx, record.id, 0)
     intent = await ctx.intents.begin(REMOVE_INTENT, record.id, {"record": containers.to_plan(record)})
     kill_point("remove_container.intent")
+    await ctx.nri.remove_container(ctx.state.container(record.id) or record)
     await ctx.runtime(record.runtime_handler).delete(record.id, force=True)
     kill_point("remove_container.runtime")
     await ctx.remove_host_side(record)

@@ -65,6 +65,7 @@ class ContainerService:
         try:
             if self.ctx.state.container(object_id) is not None:
                 await lifecycle.take_exit(self.ctx, object_id)
+                await self._relay_stop(object_id)
             elif self.on_pause_exit is not None:
                 await self.on_pause_exit(object_id)
         except Exception:  # noqa: BLE001 - one bad exit file must not stop the others
@@ -155,15 +156,33 @@ class ContainerService:
         record = self.find(container_id)
         if record is not None:
             await self._locks.run(record.id, lambda: lifecycle.stop_container(self.ctx, record.id, timeout))
+            await self._relay_stop(record.id)
+
+    async def _relay_stop(self, container_id: str) -> None:
+        """NRI plugins hear of a stop once the record says EXITED, however it ended."""
+        record = self.ctx.state.container(container_id)
+        if record is not None and record.state is ContainerState.EXITED:
+            await self.ctx.nri.stop_container(record)
 
     async def update_resources(self, container_id: str, resources: api_pb2.LinuxContainerResources) -> None:
         record = self.get(container_id)
 
         async def update() -> None:
             current = self.get(record.id)
-            await operations.update_resources(self.ctx, current, resources)
+            adjusted = await self.ctx.nri.update_container(current, resources)
+            await operations.update_resources(self.ctx, current, adjusted)
+            await self.ctx.nri.post_update_container(self.get(record.id))
 
         await self._locks.run(record.id, update)
+
+    async def apply_plugin_update(self, container_id: str, resources: api_pb2.LinuxContainerResources) -> None:
+        """An NRI plugin's update: set as asked, without asking the plugins again."""
+        record = self.get(container_id)
+        await self._locks.run(record.id, lambda: operations.update_resources(self.ctx, self.get(record.id), resources))
+
+    async def evict(self, container_id: str, reason: str) -> None:
+        """An NRI plugin wants the container gone (the reason is logged by the caller): stop it at once."""
+        await self.stop(self.get(container_id).id, 0)
 
     async def remove(self, container_id: str) -> None:
         record = self.find(container_id)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycri.cgroups import CgroupManager
@@ -20,6 +20,7 @@ from pycri.config import Config
 from pycri.errors import DeadlineExceeded, FailedPrecondition, PycriError, Unavailable
 from pycri.network.cni import CniManager, PodAttachment
 from pycri.network.cni_exec import CniError, CniTimeout
+from pycri.nri.hooks import Nri
 from pycri.oci.driver import runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.sandbox.namespaces import NamespaceManager
@@ -65,6 +66,7 @@ class SandboxContext:
     namespaces: NamespaceManager
     pause: PauseProcesses
     cgroups: CgroupManager
+    nri: Nri = field(default_factory=Nri)
 
     async def release(self, record: SandboxRecord, network_attached: bool = True) -> None:
         """Every step runs even when one fails; then the first failure is raised."""

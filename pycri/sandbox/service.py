@@ -29,7 +29,6 @@ from pycri.network.cni_exec import CniError, CniPluginNotFound
 from pycri.sandbox.context import SandboxContext, attachment, network_error
 from pycri.sandbox.files import write_hostname, write_hosts, write_resolv_conf
 from pycri.sandbox.plan import SandboxPlan, check_host_ports, plan_sandbox, port_mappings
-from pycri.sandbox.resources import limit_new_pod, pod_limits, update_pod_resources
 from pycri.sandbox.views import matches, sandbox_status, sandbox_summary, verbose_info
 from pycri.state import sandboxes
 from pycri.state.intents import Intent
@@ -92,7 +91,6 @@ class SandboxService:
     async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
         plan = plan_sandbox(config, runtime_handler, self.ctx.config)
         self._check_cgroup_parent(config)
-        pod_limits(config.linux.overhead, config.linux.resources, "config.linux.")  # refuses bad figures
         name = reserved_name(config.metadata)
         return await self._creates.create(name, lambda: self._reserve_and_run(name, config, plan))
 
@@ -149,7 +147,9 @@ class SandboxService:
         done: set[str] = set()  # "network" once CNI ADD succeeded (a failed ADD undoes itself)
         try:
             ready = await self._set_up(record, plan, made_log_directory, done)
-            await self.ctx.state.put_sandbox(ready, finishes=intent)
+            async with self.ctx.nri.operation():  # the pod stays unseen while NRI plugins look at it
+                await self.ctx.nri.run_pod_sandbox(ready)
+                await self.ctx.state.put_sandbox(ready, finishes=intent)
         except BaseException:
             await asyncio.shield(self._undo(record, made_log_directory, intent, network_attached="network" in done))
             raise
@@ -167,7 +167,6 @@ class SandboxService:
         await asyncio.to_thread(self._prepare_host_side, record, plan, made_log_directory)
         if self.ctx.cgroups.owns_pod_parent(record.cgroup_parent):
             await asyncio.to_thread(self.ctx.cgroups.create_pod_parent, record.cgroup_parent)
-        await limit_new_pod(self.ctx.cgroups, record)
         kill_point("run_pod_sandbox.host_side")
         if record.netns_path is not None:
             try:
@@ -220,19 +219,6 @@ class SandboxService:
         await self.ctx.state.finish(intent)
         log.warning("pod sandbox setup undone", extra={"fields": {"id": record.id, "name": record.name}})
 
-    # ---- UpdatePodSandboxResources ----
-
-    async def update_resources(
-        self,
-        sandbox_id: str,
-        overhead: api_pb2.LinuxContainerResources | None,
-        resources: api_pb2.LinuxContainerResources | None,
-    ) -> None:
-        record = self.get(sandbox_id)
-        await self._locks.run(
-            sandbox_lock_key(record.id), lambda: update_pod_resources(self.ctx, record.id, overhead, resources)
-        )
-
     # ---- StopPodSandbox, RemovePodSandbox ----
 
     async def stop(self, sandbox_id: str) -> None:
@@ -266,6 +252,7 @@ class SandboxService:
         # StopPodSandbox ends every container of the pod at once, as CRI asks.
         await asyncio.gather(*(self._containers.stop(c.id, 0) for c in self.ctx.state.containers_of(record.id)))
         kill_point("stop_pod_sandbox.containers")
+        await self.ctx.nri.stop_pod_sandbox(record)
         await self.ctx.release(record)
         kill_point("stop_pod_sandbox.network")
 
@@ -281,6 +268,7 @@ class SandboxService:
             await self._containers.remove(container.id)
         kill_point("remove_pod_sandbox.containers")
         await self.ctx.remove(record)
+        await self.ctx.nri.remove_pod_sandbox(record)
         await self.ctx.state.delete_sandbox(record.id, finishes=intent)
         log.info("pod sandbox removed", extra={"fields": {"id": record.id, "name": record.name}})
 
