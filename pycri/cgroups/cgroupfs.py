@@ -29,7 +29,7 @@ def check_leaf(leaf: str) -> None:
         raise ValueError(f"{leaf!r} is not a cgroup leaf name")
 
 
-class CgroupfsManager(tree.DirectoryReads):
+class CgroupfsManager(tree.DirectoryOperations):
     driver = "cgroupfs"
 
     def __init__(self, parent: str, conmon_cgroup: str, layout: CgroupLayout) -> None:

@@ -8,6 +8,7 @@ from typing import Protocol
 from pycri.cgroups.cgroupfs import CgroupfsManager
 from pycri.cgroups.details import CgroupDetails
 from pycri.cgroups.layout import CgroupLayout, host_layout
+from pycri.cgroups.limits import CgroupLimits
 from pycri.cgroups.systemd import SystemdBus, SystemdManager
 from pycri.cgroups.usage import CgroupStats
 
@@ -50,6 +51,11 @@ class CgroupManager(Protocol):
 
     def read_details(self, cgroups_path: str) -> CgroupDetails:
         """FileNotFoundError when the cgroup is absent (blocking)."""
+
+    def set_limits(self, cgroups_path: str, limits: CgroupLimits) -> list[str]:
+        """Make the cgroup where missing and give it these limits, all or none, in every hierarchy
+        (blocking; for a cgroup pycri owns: runc sets a container's). LimitError names a setting
+        the kernel refused; returns the settings given that the host has no controller for."""
 
     async def remove(self, cgroups_path: str) -> None:
         """The cgroup and everything below it in every hierarchy; no error when gone; OSError(EBUSY)

@@ -106,7 +106,7 @@ def systemd_directory(cgroups_path: str) -> PurePosixPath:
     return expand_slice(slice_name) / unit
 
 
-class SystemdManager(tree.DirectoryReads):
+class SystemdManager(tree.DirectoryOperations):
     driver = "systemd"
 
     def __init__(self, parent: str, conmon_cgroup: str, layout: CgroupLayout, bus: SystemdBus) -> None:

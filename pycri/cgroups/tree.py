@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from pycri.cgroups.details import CgroupDetails, read_details_at
 from pycri.cgroups.layout import CgroupLayout
+from pycri.cgroups.limits import CgroupLimits, write_limits
 from pycri.cgroups.usage import CgroupStats, read_optional, read_stats_at
 
 REMOVE_ATTEMPTS = 6
@@ -19,15 +20,25 @@ def exists(layout: CgroupLayout, directory: PurePosixPath) -> bool:
     return any(path.is_dir() for path in layout.hierarchy_dirs(directory))
 
 
-def join(layout: CgroupLayout, directory: PurePosixPath, pid: int) -> None:
-    """Create the cgroup where missing and move a process into it, in every hierarchy. The
-    caller picks a leaf: cgroup v2 refuses a process in a cgroup whose children use controllers."""
+def make(layout: CgroupLayout, directory: PurePosixPath) -> None:
+    """Create the cgroup where missing, in every hierarchy: a new v1 cpuset level gets its parent's
+    cpus and mems, and on a v2 host each level above it enables the controllers it has for the
+    levels below, as runc does for a container's cgroup."""
     cpuset = layout.v1.get("cpuset")
     for mount in layout.hierarchy_mounts():
         if mount == cpuset:
             _make_cpuset(mount, directory)
+        elif mount == layout.unified:
+            _make_with_controllers(mount, directory)
         else:
             (mount / directory).mkdir(parents=True, exist_ok=True)
+
+
+def join(layout: CgroupLayout, directory: PurePosixPath, pid: int) -> None:
+    """Create the cgroup where missing and move a process into it, in every hierarchy. The
+    caller picks a leaf: cgroup v2 refuses a process in a cgroup whose children use controllers."""
+    make(layout, directory)
+    for mount in layout.hierarchy_mounts():
         (mount / directory / "cgroup.procs").write_text(str(pid))
 
 
@@ -42,6 +53,17 @@ def _make_cpuset(mount: Path, directory: PurePosixPath) -> None:
             if inherited and not read_optional(child / name).strip():
                 (child / name).write_text(inherited)
         parent = child
+
+
+def _make_with_controllers(mount: Path, directory: PurePosixPath) -> None:
+    parent = mount
+    for part in directory.parts:
+        enabled = read_optional(parent / "cgroup.subtree_control").split()
+        missing = [name for name in read_optional(parent / "cgroup.controllers").split() if name not in enabled]
+        if missing:
+            (parent / "cgroup.subtree_control").write_text(" ".join(f"+{name}" for name in missing))
+        parent = parent / part
+        parent.mkdir(exist_ok=True)
 
 
 def has_processes(layout: CgroupLayout, directory: PurePosixPath) -> bool:
@@ -88,8 +110,8 @@ async def _rmdir_retrying(directory: Path) -> None:
             await asyncio.sleep(0.01 * 2**attempt)
 
 
-class DirectoryReads:
-    """What both drivers read the same way once a cgroups path is a directory."""
+class DirectoryOperations:
+    """What both drivers do the same way once a cgroups path is a directory."""
 
     layout: CgroupLayout
 
@@ -104,3 +126,8 @@ class DirectoryReads:
 
     def read_details(self, cgroups_path: str) -> CgroupDetails:
         return read_details_at(self.layout, self.directory(cgroups_path))
+
+    def set_limits(self, cgroups_path: str, limits: CgroupLimits) -> list[str]:
+        directory = self.directory(cgroups_path)
+        make(self.layout, directory)
+        return write_limits(self.layout, directory, limits)

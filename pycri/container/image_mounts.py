@@ -22,10 +22,12 @@ IMAGE_MOUNTS_DIR = "image-mounts"
 
 
 async def mount_image_volumes(
-    images: ImageService, config: api_pb2.ContainerConfig, container_id: str, layers: Path
+    images: ImageService, config: api_pb2.ContainerConfig, container_id: str, layers: Path, userns: Path | None = None
 ) -> api_pb2.ContainerConfig:
     """Mount the config's image volumes; returns the config with each one turned into a bind
-    mount, while `config` itself gets each volume's image ID in image.image_ref for status."""
+    mount, while `config` itself gets each volume's image ID in image.image_ref for status.
+    In a pod with a user namespace (pinned at `userns`) the volume's layers are ID-mapped by it,
+    so its bind needs no mapping of its own."""
     for_spec = api_pb2.ContainerConfig()
     for_spec.CopyFrom(config)
     for number, mount in enumerate(config.mounts):
@@ -39,13 +41,15 @@ async def mount_image_volumes(
             raise NotFound(f"{field}.image: image {mount.image.image!r} not found: pull it first")
         target = layers / IMAGE_MOUNTS_DIR / str(number)
         await asyncio.to_thread(target.mkdir, parents=True)
-        await mount_leased(images, container_id, image.chain_ids, target, writable=None)
+        await mount_leased(images, container_id, image.chain_ids, target, writable=None, userns=userns)
         source = _sub_path(target, mount.image_sub_path, f"{field}.image_sub_path")
         mount.image.image_ref = image.id
         bind = for_spec.mounts[number]
         bind.ClearField("image")
         bind.image_sub_path = ""
         bind.host_path = str(source)
+        bind.ClearField("uidMappings")
+        bind.ClearField("gidMappings")
     return for_spec
 
 

@@ -2,7 +2,8 @@
 
 Containers, image volumes and the pause process all get their layers this way: the lease
 (owned by the container or sandbox id) keeps the snapshots from garbage collection while
-the mount uses them, even after the image itself is removed.
+the mount uses them, even after the image itself is removed. In a pod with a user namespace
+of its own, the layers are ID-mapped by it (pycri.userns.mounts).
 """
 
 from __future__ import annotations
@@ -13,18 +14,28 @@ import os
 from pathlib import Path
 
 from pycri.image.service import ImageService
+from pycri.userns.mounts import mount_idmapped_layers
 
 WRITABLE_DIRS = ("upper", "work")
 
 
 async def mount_leased(
-    images: ImageService, owner: str, chain_ids: list[str], target: Path, writable: Path | None
+    images: ImageService,
+    owner: str,
+    chain_ids: list[str],
+    target: Path,
+    writable: Path | None,
+    userns: Path | None = None,
 ) -> None:
     """Lease the snapshots to `owner` and mount them at `target`: read-only, or writable with
-    upper and work dirs under `writable`."""
+    upper and work dirs under `writable`; ID-mapped by the user namespace pinned at `userns`."""
     await images.metadata.lease_snapshots(owner, chain_ids)
     lowers = list(reversed(chain_ids))
-    if writable is None:
+    if userns is not None:
+        paths = [images.snapshots.path(chain_id) for chain_id in lowers]
+        upper, work = (writable / "upper", writable / "work") if writable is not None else (None, None)
+        await asyncio.to_thread(mount_idmapped_layers, paths, target, upper, work, userns)
+    elif writable is None:
         await asyncio.to_thread(images.snapshots.mount_rootfs, lowers, None, None, target, True)
     else:
         await asyncio.to_thread(images.snapshots.mount_rootfs, lowers, writable / "upper", writable / "work", target)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pycri.api import api_pb2
+from pycri.errors import InvalidArgument
 from pycri.oci.spec_errors import SpecError
 from pycri.oci.spec_host import HostFacts, probe_host
 from pycri.oci.spec_mounts import (
@@ -29,6 +30,7 @@ from pycri.oci.spec_mounts import (
 from pycri.oci.spec_resources import device_cgroup_rules, host_devices, linux_resources, requested_devices
 from pycri.oci.spec_security import apparmor_profile, capabilities_spec, container_capabilities, seccomp_spec
 from pycri.oci.users import MAX_ID, resolve_user, stat_in_rootfs
+from pycri.userns.mappings import UserNamespaceMappings, check_container_matches_pod, user_namespace
 
 __all__ = [
     "ContainerSpecInput",
@@ -55,7 +57,8 @@ class SandboxPaths:
     """What the sandbox service prepared for the pod.
 
     A None namespace path means the host's namespace. `shm` is bound at /dev/shm as given: for a
-    host-IPC pod the sandbox service passes the host's /dev/shm, as containerd does.
+    host-IPC pod the sandbox service passes the host's /dev/shm, as containerd does. A pod in a
+    user namespace of its own has it pinned at `userns`, with `user_mappings`.
     """
 
     netns: Path | None
@@ -66,6 +69,8 @@ class SandboxPaths:
     hosts: Path
     resolv_conf: Path
     shm: Path
+    userns: Path | None = None
+    user_mappings: UserNamespaceMappings | None = None
 
 
 @dataclass
@@ -229,6 +234,8 @@ def _pid_namespace(inp: ContainerSpecInput) -> dict[str, str] | None:
 
 def _namespaces(paths: SandboxPaths, pid: dict[str, str] | None, cgroup_namespace: bool) -> list[dict[str, str]]:
     namespaces = [{"type": "mount"}]
+    if paths.userns is not None:
+        namespaces.append({"type": "user", "path": str(paths.userns)})
     if pid is not None:
         namespaces.append(pid)
     for kind, path in (("network", paths.netns), ("ipc", paths.ipc), ("uts", paths.uts)):
@@ -239,13 +246,22 @@ def _namespaces(paths: SandboxPaths, pid: dict[str, str] | None, cgroup_namespac
     return namespaces
 
 
+def _id_mappings(paths: SandboxPaths) -> dict[str, Any]:
+    """linux.uidMappings and gidMappings for a pod in a user namespace: runc 1.1 wants them
+    even when it joins the namespace by path."""
+    return paths.user_mappings.oci() if paths.user_mappings is not None else {}
+
+
 def _check_supported(config: api_pb2.ContainerConfig, sandbox: api_pb2.PodSandboxConfig) -> None:
     context = config.linux.security_context
     if context.privileged and not sandbox.linux.security_context.privileged:
         raise SpecError(f"{_CONTEXT}.privileged: no privileged container is allowed in a non-privileged sandbox")
-    namespace_options = context.namespace_options
-    if namespace_options.HasField("userns_options") and namespace_options.userns_options.mode != api_pb2.NODE:
-        raise SpecError(f"{_CONTEXT}.namespace_options.userns_options: user namespaces are not supported")
+    field = f"{_CONTEXT}.namespace_options"
+    try:
+        pod = user_namespace(sandbox.linux.security_context.namespace_options, f"sandbox.{field}")
+        check_container_matches_pod(user_namespace(context.namespace_options, field), pod, f"{field}.userns_options")
+    except InvalidArgument as exc:
+        raise SpecError(str(exc)) from None
 
 
 def allowed(annotations: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
@@ -313,6 +329,7 @@ def container_spec(inp: ContainerSpecInput) -> dict[str, Any]:
         "cgroupsPath": inp.cgroups_path,
         "resources": resources,
         "namespaces": _namespaces(inp.sandbox_paths, _pid_namespace(inp), host.cgroup_unified and not privileged),
+        **_id_mappings(inp.sandbox_paths),
         "maskedPaths": masked,
         "readonlyPaths": readonly,
     }
@@ -377,6 +394,7 @@ def pause_spec(inp: PauseSpecInput) -> dict[str, Any]:
         "cgroupsPath": inp.cgroups_path,
         "resources": {"cpu": {"shares": PAUSE_CPU_SHARES}, "devices": device_cgroup_rules(False)},
         "namespaces": _namespaces(inp.sandbox_paths, {"type": "pid"}, host.cgroup_unified),
+        **_id_mappings(inp.sandbox_paths),
         "maskedPaths": list(DEFAULT_MASKED_PATHS),
         "readonlyPaths": list(DEFAULT_READONLY_PATHS),
     }

@@ -153,7 +153,8 @@ def _bind_mount(mount: api_pb2.Mount, field: str) -> dict[str, Any]:
         raise SpecError(f"{field}.image: image volumes must be mounted by the container service first")
     _check_path(mount.host_path, f"{field}.host_path")
     if mount.uidMappings or mount.gidMappings:
-        raise SpecError(f"{field}: ID-mapped mounts are not supported")
+        # The container service stages them (pycri.userns.mounts) before the spec is built.
+        raise SpecError(f"{field}: ID-mapped mounts must be made by the container service first")
     if mount.propagation not in _PROPAGATION_OPTION:
         raise SpecError(f"{field}.propagation: unknown value {mount.propagation}")
     options = ["rbind", _PROPAGATION_OPTION[mount.propagation]]

@@ -20,4 +20,6 @@ def sandbox_paths(record: SandboxRecord) -> SandboxPaths:
         hosts=record.hosts_path,
         resolv_conf=record.resolv_conf_path,
         shm=record.shm_path or HOST_SHM,
+        userns=record.userns_path,
+        user_mappings=record.user_namespace,
     )

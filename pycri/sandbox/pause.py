@@ -32,6 +32,7 @@ from pycri.oci.spec import PauseSpecInput, pause_spec
 from pycri.proc import ProcessRef
 from pycri.sandbox.paths import sandbox_paths
 from pycri.state.sandboxes import SandboxRecord
+from pycri.userns.mounts import hand_to_pod_root
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,13 @@ class PauseProcesses:
             raise FailedPrecondition(f"pause image {self._config.runtime.pause_image} vanished while in use")
         bundle = pause_bundle(record)
         await asyncio.to_thread(make_layer_dirs, bundle)
+        userns = record.user_namespace
+        if userns is not None:
+            shared = (self._config.state_dir, record.state_dir.parent)
+            await asyncio.to_thread(hand_to_pod_root, userns, (record.state_dir, bundle), shared)
         # Writable underneath, as containerd's sandbox snapshot: runc makes its mount points
         # (/proc, /dev, ...) in the rootfs before the spec's read-only root takes effect.
-        await mount_leased(self._images, record.id, image.chain_ids, bundle / "rootfs", bundle)
+        await mount_leased(self._images, record.id, image.chain_ids, bundle / "rootfs", bundle, record.userns_path)
         spec_input = PauseSpecInput(
             sandbox_id=record.id,
             sandbox=record.config,

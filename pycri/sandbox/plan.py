@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from pycri.api import api_pb2
 from pycri.config import Config
-from pycri.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from pycri.errors import FailedPrecondition, InvalidArgument
 from pycri.network.cni import BandwidthLimits, DnsSettings, PortMapping
 from pycri.request_fields import MAX_UID_LENGTH, check_absolute_path, check_name
 from pycri.sandbox.bandwidth import BadQuantity, bandwidth_from_annotations
 from pycri.sandbox.files import has_dns_config
 from pycri.sandbox.sysctls import Sysctl, parse_sysctls
+from pycri.userns.mappings import user_namespace
 
 MAX_HOSTNAME_LENGTH = 64  # HOST_NAME_MAX
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
@@ -49,6 +50,17 @@ def _namespace_mode(options: api_pb2.NamespaceOption, kind: str) -> int:
     if mode not in _MODES.values():
         raise InvalidArgument(f"config.linux.security_context.namespace_options.{kind}: unknown mode {mode}")
     return mode
+
+
+def _check_user_namespace(options: api_pb2.NamespaceOption, *, network: int, ipc: int, pid: int) -> None:
+    """The pod's own user namespace, if it asks for one (the record reads it from the config). It
+    owns the pod's other namespaces, so the host's network, IPC or PID namespace cannot go with
+    it (the runtime features report user_namespaces_host_network false)."""
+    field = "config.linux.security_context.namespace_options"
+    if user_namespace(options, field) is not None:
+        for kind, mode in (("network", network), ("ipc", ipc), ("pid", pid)):
+            if mode == _MODES.NODE:
+                raise InvalidArgument(f"{field}.{kind}: NODE cannot go with a user namespace of the pod's own")
 
 
 def _hostname(config: api_pb2.PodSandboxConfig) -> str:
@@ -106,8 +118,7 @@ def plan_sandbox(config: api_pb2.PodSandboxConfig, runtime_handler: str, setting
     network = _namespace_mode(options, "network")
     ipc = _namespace_mode(options, "ipc")
     pid = _namespace_mode(options, "pid")
-    if options.HasField("userns_options") and options.userns_options.mode == _MODES.POD:
-        raise Unimplemented("pods in a user namespace (hostUsers: false) are not supported by pycri yet")
+    _check_user_namespace(options, network=network, ipc=ipc, pid=pid)
     own_network = network != _MODES.NODE
     own_ipc = ipc != _MODES.NODE
     sysctls = parse_sysctls(config.linux.sysctls, host_network=not own_network, host_ipc=not own_ipc)

@@ -29,6 +29,7 @@ from pycri.network.cni_exec import CniError, CniPluginNotFound
 from pycri.sandbox.context import SandboxContext, attachment, network_error
 from pycri.sandbox.files import write_hostname, write_hosts, write_resolv_conf
 from pycri.sandbox.plan import SandboxPlan, check_host_ports, plan_sandbox, port_mappings
+from pycri.sandbox.resources import limit_new_pod, pod_limits, update_pod_resources
 from pycri.sandbox.views import matches, sandbox_status, sandbox_summary, verbose_info
 from pycri.state import sandboxes
 from pycri.state.intents import Intent
@@ -91,6 +92,7 @@ class SandboxService:
     async def run(self, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
         plan = plan_sandbox(config, runtime_handler, self.ctx.config)
         self._check_cgroup_parent(config)
+        pod_limits(config.linux.overhead, config.linux.resources, "config.linux.")  # refuses bad figures
         name = reserved_name(config.metadata)
         return await self._creates.create(name, lambda: self._reserve_and_run(name, config, plan))
 
@@ -167,6 +169,7 @@ class SandboxService:
         await asyncio.to_thread(self._prepare_host_side, record, plan, made_log_directory)
         if self.ctx.cgroups.owns_pod_parent(record.cgroup_parent):
             await asyncio.to_thread(self.ctx.cgroups.create_pod_parent, record.cgroup_parent)
+        await limit_new_pod(self.ctx.cgroups, record)
         kill_point("run_pod_sandbox.host_side")
         if record.netns_path is not None:
             try:
@@ -218,6 +221,19 @@ class SandboxService:
             return
         await self.ctx.state.finish(intent)
         log.warning("pod sandbox setup undone", extra={"fields": {"id": record.id, "name": record.name}})
+
+    # ---- UpdatePodSandboxResources ----
+
+    async def update_resources(
+        self,
+        sandbox_id: str,
+        overhead: api_pb2.LinuxContainerResources | None,
+        resources: api_pb2.LinuxContainerResources | None,
+    ) -> None:
+        record = self.get(sandbox_id)
+        await self._locks.run(
+            sandbox_lock_key(record.id), lambda: update_pod_resources(self.ctx, record.id, overhead, resources)
+        )
 
     # ---- StopPodSandbox, RemovePodSandbox ----
 

@@ -39,6 +39,7 @@ from pycri.server.runtime import (
     stream_pod_sandbox_stats,
     stream_pod_sandboxes,
     update_container_resources,
+    update_pod_sandbox_resources,
     update_runtime_config,
     version,
 )
@@ -66,6 +67,7 @@ RUNTIME_SERVICE: dict[str, Handler] = {
     "Attach": attach.handle,
     "PortForward": port_forward.handle,
     "UpdateContainerResources": update_container_resources.handle,
+    "UpdatePodSandboxResources": update_pod_sandbox_resources.handle,
     "ReopenContainerLog": reopen_container_log.handle,
     "GetContainerEvents": get_container_events.handle,
     "ContainerStats": container_stats.handle,

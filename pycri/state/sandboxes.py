@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pycri.api import api_pb2
+from pycri.userns.mappings import UserNamespaceMappings, user_namespace
 
 HOSTNAME_FILE = "hostname"
+USERNS_PIN = "userns"
 HOSTS_FILE = "hosts"
 RESOLV_CONF_FILE = "resolv.conf"
 
@@ -73,6 +75,16 @@ class SandboxRecord:
         return self.config.linux.security_context.namespace_options
 
     @property
+    def user_namespace(self) -> UserNamespaceMappings | None:
+        """The mappings of the pod's own user namespace (checked by RunPodSandbox); None: the host's."""
+        return user_namespace(self.namespace_options, "config.linux.security_context.namespace_options")
+
+    @property
+    def userns_path(self) -> Path | None:
+        """Where the pod's own user namespace is pinned; it owns the pod's net, IPC and UTS namespaces."""
+        return self.state_dir / USERNS_PIN if self.user_namespace is not None else None
+
+    @property
     def shared_pid(self) -> bool:
         """The pod's containers share one PID namespace, whose PID 1 is the pause process."""
         return self.namespace_options.pid == api_pb2.NamespaceMode.POD
@@ -105,6 +117,22 @@ def not_ready(record: SandboxRecord) -> SandboxRecord:
 def stopped(record: SandboxRecord) -> SandboxRecord:
     """StopPodSandbox released the network, namespaces, shm and pause process."""
     return dataclasses.replace(record, state=SandboxState.NOTREADY, ips=(), pause_pid=None, pause_start_time=None)
+
+
+def resources_updated(
+    record: SandboxRecord,
+    overhead: api_pb2.LinuxContainerResources | None,
+    resources: api_pb2.LinuxContainerResources | None,
+) -> SandboxRecord:
+    """UpdatePodSandboxResources: the pod's config holds the overhead and resources last given
+    (one left out is cleared, as kubelet sends the whole picture)."""
+    config = api_pb2.PodSandboxConfig()
+    config.CopyFrom(record.config)
+    for name, value in (("overhead", overhead), ("resources", resources)):
+        config.linux.ClearField(name)
+        if value is not None:
+            getattr(config.linux, name).CopyFrom(value)
+    return dataclasses.replace(record, config=config)
 
 
 # ---- rows ----

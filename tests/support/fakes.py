@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pycri.calls import ObjectLocks
-from pycri.cgroups import CgroupLayout
+from pycri.cgroups import CgroupLayout, CgroupLimits
 from pycri.config import Config
 from pycri.container.context import ContainerContext
 from pycri.container.service import ContainerService
@@ -116,6 +116,7 @@ class FakeCgroups:
     parent: str = "/pycri"
     layout: CgroupLayout = field(default_factory=CgroupLayout)
     removed: list[str] = field(default_factory=list)
+    limits: dict[str, CgroupLimits] = field(default_factory=dict)  # what set_limits gave each cgroup
 
     def check_parent(self, parent: str) -> None:
         if not parent.startswith("/"):
@@ -152,6 +153,10 @@ class FakeCgroups:
         self.removed.append(cgroups_path)
 
     def children(self, parent: str) -> list[str]:
+        return []
+
+    def set_limits(self, cgroups_path: str, limits: CgroupLimits) -> list[str]:
+        self.limits[cgroups_path] = limits
         return []
 
 

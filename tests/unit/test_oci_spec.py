@@ -372,11 +372,17 @@ def test_unprivileged_container_has_default_caps_and_device_rules(tmp_path: Path
     assert "devices" not in spec["linux"]
 
 
-def test_user_namespaces_are_refused(tmp_path: Path) -> None:
+def test_a_user_namespace_the_pod_does_not_have_is_refused(tmp_path: Path) -> None:
     config = container_config(args=["/app"])
     config.linux.security_context.namespace_options.userns_options.mode = api_pb2.POD
-    with pytest.raises(SpecError, match="userns_options: user namespaces are not supported"):
+    with pytest.raises(SpecError, match="userns_options.uids: exactly one mapping"):
         build(tmp_path, config)
+    mapping = api_pb2.IDMapping(container_id=0, host_id=100000, length=65536)
+    config.linux.security_context.namespace_options.userns_options.uids.append(mapping)
+    config.linux.security_context.namespace_options.userns_options.gids.append(mapping)
+    with pytest.raises(SpecError, match="userns_options: the pod sandbox runs in the host's user namespace"):
+        build(tmp_path, config)
+    config.linux.security_context.namespace_options.userns_options.Clear()
     config.linux.security_context.namespace_options.userns_options.mode = api_pb2.NODE
     build(tmp_path, config)
 

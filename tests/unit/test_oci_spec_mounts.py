@@ -124,7 +124,7 @@ def test_a_cri_dev_mount_replaces_everything_under_dev(tmp_path: Path) -> None:
         ),
         (
             api_pb2.Mount(container_path="/x", host_path="/y", uidMappings=[api_pb2.IDMapping(length=1)]),
-            r"^mounts\[0\]: ID-mapped mounts are not supported",
+            r"^mounts\[0\]: ID-mapped mounts must be made by the container service first",
         ),
         (
             api_pb2.Mount(container_path="/x", host_path="/y", recursive_read_only=True),

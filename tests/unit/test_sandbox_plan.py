@@ -8,7 +8,7 @@ import pytest
 
 from pycri.api import api_pb2
 from pycri.config import Config, HandlerConfig
-from pycri.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from pycri.errors import FailedPrecondition, InvalidArgument
 from pycri.network.cni import PortMapping
 from pycri.sandbox.plan import check_host_ports, plan_sandbox
 
@@ -84,10 +84,10 @@ def test_target_mode_is_for_containers(settings: Config) -> None:
         plan_sandbox(config, "", settings)
 
 
-def test_user_namespaces_are_not_supported_yet(settings: Config) -> None:
+def test_user_namespace_without_mappings_is_refused(settings: Config) -> None:
     config = pod()
     config.linux.security_context.namespace_options.userns_options.mode = api_pb2.NamespaceMode.POD
-    with pytest.raises(Unimplemented, match="user namespace"):
+    with pytest.raises(InvalidArgument, match="userns_options.uids: exactly one mapping"):
         plan_sandbox(config, "", settings)
     config.linux.security_context.namespace_options.userns_options.mode = NODE
     plan_sandbox(config, "", settings)
