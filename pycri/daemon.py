@@ -3,6 +3,7 @@ that keeps two pycri processes off one root dir."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -34,16 +35,22 @@ from pycri.state.intents import IntentLog
 from pycri.state.memory import StateStore
 from pycri.state.store import Store, make_private_dir
 from pycri.stream.service import StreamService
+from pycri.userns.mounts import idmap_problem
 
 log = logging.getLogger(__name__)
 
 
-async def _handler_features(runtime: ContainerRuntime, handler: HandlerConfig) -> api_pb2.RuntimeHandlerFeatures:
-    """What a runtime handler can do, read from `<runtime> features` (nothing when it is missing)."""
+async def _handler_features(
+    runtime: ContainerRuntime, handler: HandlerConfig, idmap_ready: bool
+) -> api_pb2.RuntimeHandlerFeatures:
+    """What a runtime handler can do, read from `<runtime> features` (nothing when it is missing).
+    User namespaces need the runtime to join one and the snapshots' file system to take the
+    ID-mapped mounts pycri makes itself (`idmap_ready`)."""
     features = await runtime.features() or {} if is_executable(handler.path) else {}
+    namespaces = (features.get("linux") or {}).get("namespaces") or []
     return api_pb2.RuntimeHandlerFeatures(
         recursive_read_only_mounts="rro" in (features.get("mountOptions") or []),
-        user_namespaces=False,  # the spec generator refuses user namespaces for now
+        user_namespaces=idmap_ready and "user" in namespaces,
     )
 
 
@@ -103,6 +110,8 @@ class Daemon:
     handler_features: dict[str, api_pb2.RuntimeHandlerFeatures] = field(default_factory=dict)
     # What RuntimeDefault means for AppArmor on this host, for the runtime status.
     apparmor: str = ""
+    # Why the snapshots cannot be ID-mapped here (then no handler offers user namespaces); None: they can.
+    idmap_problem: str | None = None
     # One driver per runtime handler, shared with the container and pause services (a reload adds to it).
     runtimes: dict[str, ContainerRuntime] = field(default_factory=dict)
     _lock_fd: int = -1
@@ -156,8 +165,13 @@ class Daemon:
         await self.images.start()
         await recover(self.containers, self.sandboxes, self.intents, self.images.recover)
         self.apparmor = await load_default_profile(APPARMOR_PARSER, self.config.timeouts.runtime)
+        root = self.config.root_dir
+        self.idmap_problem = await asyncio.to_thread(idmap_problem, root / "snapshots", root / "containers")
+        if self.idmap_problem is not None:
+            log.warning("no user namespaces for pods", extra={"fields": {"reason": self.idmap_problem}})
         for name, runtime in self.runtimes.items():
-            self.handler_features[name] = await _handler_features(runtime, self.config.runtime.handlers[name])
+            handler = self.config.runtime.handlers[name]
+            self.handler_features[name] = await _handler_features(runtime, handler, self.idmap_problem is None)
         await self.containers.ctx.nri.start()  # plugins synchronize with the recovered pods and containers
         await self.streams.start()
 
@@ -166,7 +180,10 @@ class Daemon:
         the running values (pycri/reload.py makes it). New runtime handlers get their drivers; every
         component that reads the config gets the new one, none is changed in place."""
         added = {name: runtime for name, runtime in container_runtimes(config).items() if name not in self.runtimes}
-        features = {name: await _handler_features(rt, config.runtime.handlers[name]) for name, rt in added.items()}
+        features = {
+            name: await _handler_features(rt, config.runtime.handlers[name], self.idmap_problem is None)
+            for name, rt in added.items()
+        }
         self.images.reconfigure(config)
         self.runtimes.update(added)
         self.handler_features.update(features)

@@ -25,6 +25,7 @@ from pycri.oci.driver import ContainerRuntime
 from pycri.state.containers import ContainerRecord
 from pycri.state.intents import IntentLog
 from pycri.state.memory import StateStore
+from pycri.userns.mounts import unstage_idmapped_binds
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ContainerContext:
         self, record: ContainerRecord, runtime: ContainerRuntime, made_bind_sources: tuple[Path, ...]
     ) -> None:
         layers = self.layer_dir(record.id)
+        unstage_idmapped_binds(layers)
         unmount_image_volumes(layers)
         overlay.unmount(layers / "rootfs")
         shutil.rmtree(layers, ignore_errors=True)

@@ -16,6 +16,7 @@ from typing import Any
 from pycri.api import api_pb2
 from pycri.cdi.inject import inject_devices
 from pycri.cdi.registry import ResolvedDevices, resolve_requested
+from pycri.container.checkpoint_restore import Restore, plan_restore, unpack_restore
 from pycri.container.context import ContainerContext
 from pycri.container.image_mounts import mount_image_volumes
 from pycri.container.rootfs import make_layer_dirs, mount_leased, write_bundle
@@ -33,6 +34,8 @@ from pycri.state import containers
 from pycri.state.containers import ContainerRecord, ContainerState, ProcessUser
 from pycri.state.intents import Intent
 from pycri.state.sandboxes import SandboxRecord
+from pycri.userns.mappings import check_container
+from pycri.userns.mounts import hand_to_pod_root, stage_idmapped_binds, unstage_idmapped_binds
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,11 @@ async def create_container(
     """Runs under the pod's lock with the name reserved. Returns the new container's id."""
     if not sandbox.ready:
         raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    restore = await plan_restore(ctx, config)  # None unless config.image.image names a checkpoint archive
+    if restore is not None:
+        config = restore.config
     target_namespace = target_pid_namespace(ctx, sandbox, config)
+    check_container(config, sandbox.user_namespace)
     cdi_devices = await resolve_requested(config, ctx.config.cdi.spec_dirs)
     image = await ctx.images.lookup(config.image.image)
     if image is None:
@@ -113,7 +120,7 @@ async def create_container(
     intent = await ctx.intents.begin(INTENT, container_id, plan)
     kill_point("create_container.intent")
     try:
-        made = _Sources(image.chain_ids, image.config, bind_sources, target_namespace, cdi_devices)
+        made = _Sources(image.chain_ids, image.config, bind_sources, target_namespace, cdi_devices, restore)
         async with ctx.nri.operation():  # no NRI plugin synchronizes while a container is half made
             committed = await _make(ctx, sandbox, record, made, intent)
     except BaseException as exc:
@@ -149,16 +156,24 @@ class _Sources:
     bind_sources: tuple[Path, ...]
     target_pid_namespace: Path | None
     cdi_devices: ResolvedDevices | None
+    restore: Restore | None
 
 
 async def _make(
     ctx: ContainerContext, sandbox: SandboxRecord, record: ContainerRecord, made: _Sources, intent: Intent
 ) -> ContainerRecord:
     layers = ctx.layer_dir(record.id)
+    userns, userns_path = sandbox.user_namespace, sandbox.userns_path
     await asyncio.to_thread(make_layer_dirs, layers)
-    await mount_leased(ctx.images, record.id, made.chain_ids, layers / "rootfs", layers)
-    spec_config = await mount_image_volumes(ctx.images, record.config, record.id, layers)
+    if userns is not None:
+        await asyncio.to_thread(hand_to_pod_root, userns, (layers,), (ctx.config.root_dir, layers.parent))
+    await mount_leased(ctx.images, record.id, made.chain_ids, layers / "rootfs", layers, userns_path)
+    spec_config = await mount_image_volumes(ctx.images, record.config, record.id, layers, userns_path)
     await asyncio.to_thread(_make_bind_sources, made.bind_sources)
+    paths = sandbox_paths(sandbox)
+    if userns is not None and userns_path is not None:
+        staged = await asyncio.to_thread(stage_idmapped_binds, spec_config, paths, userns, userns_path, layers)
+        spec_config, paths = staged
     kill_point("create_container.rootfs")
 
     spec_input = ContainerSpecInput(
@@ -168,7 +183,7 @@ async def _make(
         sandbox=sandbox.config,
         image_config=made.image_config,
         rootfs=layers / "rootfs",
-        sandbox_paths=sandbox_paths(sandbox),
+        sandbox_paths=paths,
         cgroups_path=record.cgroups_path,
         runtime_oom_score_adj=ctx.own_oom_score_adj,
         seccomp_profile_root=None,
@@ -186,6 +201,9 @@ async def _make(
 
     log_path = Path(record.log_path)
     await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
+    restore_from = None
+    if made.restore is not None:
+        restore_from = await asyncio.to_thread(unpack_restore, made.restore, layers / "rootfs", bundle, log_path)
     process = await ctx.runtime(record.runtime_handler).create(
         ContainerCreate(
             container_id=record.id,
@@ -196,15 +214,19 @@ async def _make(
             stdin_once=record.config.stdin_once,
             tty=record.config.tty,
             place_conmon=functools.partial(ctx.cgroups.place_conmon, sandbox.cgroup_parent, record.id),
+            restore_from=restore_from,
         )
     )
     kill_point("create_container.runtime")
+    if userns is not None:  # runc has bound them into the container: the staged mounts are done with
+        await asyncio.to_thread(unstage_idmapped_binds, layers)
     created = dataclasses.replace(
         record,
         pid=process.container_pid,
         pid_start_time=start_time(process.container_pid) or 0,
         user=_process_user(spec),
     )
-    return await ctx.state.put_container(
-        created, finishes=intent, event=api_pb2.ContainerEventType.CONTAINER_CREATED_EVENT
-    )
+    event = api_pb2.ContainerEventType.CONTAINER_CREATED_EVENT
+    if made.restore is not None:  # restored processes run from the moment the runtime returns
+        created, event = containers.started(created, time.time_ns()), api_pb2.ContainerEventType.CONTAINER_STARTED_EVENT
+    return await ctx.state.put_container(created, finishes=intent, event=event)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Sequence
@@ -30,10 +31,13 @@ from pycri.errors import FailedPrecondition
 from pycri.image import overlay
 from pycri.oci.spec import SandboxPaths
 from pycri.recovery.mounts import mounts_at_or_below
-from pycri.userns.mappings import UserNamespaceMappings, mount_is_idmapped
+from pycri.userns.mappings import IdRange, UserNamespaceMappings, mount_is_idmapped
+from pycri.userns.namespaces import transient_user_namespace
 from pycri.userns.syscalls import idmapped_clone, mount_idmapped
 
 STAGING_DIR = "idmapped"
+# Any mapping does to learn whether ID-mapped layers work.
+PROBE_MAPPINGS = UserNamespaceMappings(IdRange(0, 65536, 65536), IdRange(0, 65536, 65536))
 SEARCH_ONLY_MODE = 0o711
 POD_ROOT_SEARCH_MODE = 0o710
 
@@ -143,3 +147,24 @@ def unstage_idmapped_binds(layers: Path) -> None:
     if left:
         raise overlay.MountError(f"staged ID-mapped mounts still mounted: {', '.join(left)}")
     shutil.rmtree(staging)
+
+
+def idmap_problem(snapshots: Path, scratch_parent: Path) -> str | None:
+    """Why containers cannot get ID-mapped layers here; None when they can. It mounts an
+    overlay the way containers get one, with the snapshots dir as an ID-mapped layer, at a
+    scratch dir named like a container's under `scratch_parent` (so the orphan sweep removes
+    it should pycri die meanwhile), then unmounts and removes it."""
+    scratch = scratch_parent / secrets.token_hex(32)
+    try:
+        (scratch / "empty").mkdir(parents=True, mode=0o700)
+        (scratch / "rootfs").mkdir()
+        with transient_user_namespace(PROBE_MAPPINGS) as userns:
+            layers = [snapshots, scratch / "empty"]
+            mount_idmapped_layers(layers, scratch / "rootfs", None, None, Path(f"/proc/self/fd/{userns}"))
+        overlay.unmount(scratch / "rootfs")
+    except (OSError, overlay.MountError) as exc:
+        return str(exc)
+    finally:
+        if not mounts_at_or_below(scratch):
+            shutil.rmtree(scratch, ignore_errors=True)
+    return None

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pycri.network.netns import remove_namespace
-from pycri.userns.mappings import IdRange, UserNamespaceMappings
-from pycri.userns.syscalls import idmapped_clone
+from pycri.userns.mappings import UserNamespaceMappings
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +30,6 @@ _CLONE_FLAGS = {"user": CLONE_NEWUSER, "net": 0x40000000, "ipc": 0x08000000, "ut
 _CHILD = Path(__file__).with_name("unshare_child.py")
 CHILD_TIMEOUT_SECONDS = 10.0
 _MS_BIND = 4096
-# Any mapping does to learn whether a file system takes ID-mapped mounts.
-PROBE_MAPPINGS = UserNamespaceMappings(IdRange(0, 65536, 65536), IdRange(0, 65536, 65536))
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -125,18 +122,3 @@ def transient_user_namespace(mappings: UserNamespaceMappings) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-def idmap_problem(path: Path) -> str | None:
-    """Why the file system at `path` cannot take an ID-mapped mount here; None when it can."""
-    try:
-        with transient_user_namespace(PROBE_MAPPINGS) as userns:
-            os.close(idmapped_clone(path, userns))
-    except OSError as exc:
-        return str(exc)
-    return None
-
-
-def open_user_namespace(path: Path) -> int:
-    """An fd of the user namespace pinned at `path`, for mount_setattr."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
