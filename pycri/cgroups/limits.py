@@ -89,16 +89,17 @@ def plan_v1(layout: CgroupLayout, directory: PurePosixPath, limits: CgroupLimits
     plan = LimitsPlan()
     if "cpu" in layout.v1:
         cpu = layout.v1["cpu"] / directory
-        plan.add(cpu / "cpu.shares", str(limits.cpu_shares or DEFAULT_CPU_SHARES), "cpu_shares", True)
-        period = limits.cpu_period_us or DEFAULT_CFS_PERIOD_US
-        plan.add(cpu / "cpu.cfs_period_us", str(period), "cpu_period_us", True)
-        plan.add(cpu / "cpu.cfs_quota_us", _v1_value(limits.cpu_quota_us), "cpu_quota_us", True)
+        shares, period = limits.cpu_shares or DEFAULT_CPU_SHARES, limits.cpu_period_us or DEFAULT_CFS_PERIOD_US
+        plan.add(cpu / "cpu.shares", str(shares), "cpu_shares", limits.cpu_shares is not None)
+        plan.add(cpu / "cpu.cfs_period_us", str(period), "cpu_period_us", limits.cpu_period_us is not None)
+        quota = _v1_value(limits.cpu_quota_us)
+        plan.add(cpu / "cpu.cfs_quota_us", quota, "cpu_quota_us", limits.cpu_quota_us is not None)
     if "cpuset" in layout.v1:
         cpuset = layout.v1["cpuset"] / directory
-        for name, value in (("cpus", limits.cpuset_cpus), ("mems", limits.cpuset_mems)):
+        for name, given in (("cpus", limits.cpuset_cpus), ("mems", limits.cpuset_mems)):
             # A v1 cpuset never inherits: no value of its own is its parent's.
-            value = value or read_optional(cpuset.parent / f"cpuset.{name}").strip()
-            plan.add(cpuset / f"cpuset.{name}", value, f"cpuset_{name}", True)
+            value = given or read_optional(cpuset.parent / f"cpuset.{name}").strip()
+            plan.add(cpuset / f"cpuset.{name}", value, f"cpuset_{name}", bool(given))
     if "memory" in layout.v1:
         _plan_v1_memory(plan, layout.v1["memory"] / directory, limits)
     hugetlb = layout.v1.get("hugetlb") or layout.hybrid_unified
@@ -116,7 +117,7 @@ def plan_v1(layout: CgroupLayout, directory: PurePosixPath, limits: CgroupLimits
 def _plan_v1_memory(plan: LimitsPlan, memory: Path, limits: CgroupLimits) -> None:
     """The memory limit may never exceed memory plus swap: raising it, memsw goes first."""
     limit = LimitsPlan()
-    limit.add(memory / "memory.limit_in_bytes", _v1_value(limits.memory), "memory", True)
+    limit.add(memory / "memory.limit_in_bytes", _v1_value(limits.memory), "memory", limits.memory is not None)
     memsw = LimitsPlan()
     given = limits.memory_swap is not None and limits.memory_swap != limits.memory
     memsw.add(memory / "memory.memsw.limit_in_bytes", _v1_value(limits.memory_swap), "memory_swap", given)
@@ -161,7 +162,7 @@ def _plan_hugetlb(
             if match is not None:
                 sizes[match.group(1)] = path
     for size, path in sorted(sizes.items()):
-        plan.add(path, str(hugepages[size]) if size in hugepages else unlimited, "hugepages", True)
+        plan.add(path, str(hugepages[size]) if size in hugepages else unlimited, "hugepages", size in hugepages)
     if set(hugepages) - set(sizes):
         plan.skipped.append("hugepages")
 
