@@ -12,7 +12,7 @@ import contextlib
 import json
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,14 +97,17 @@ def host_network_state() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_node(settings: dict[str, Any] | None = None) -> Iterator[Node]:
-    """A pycri on a private pod network; a test may rewrite the conflist (pycri re-reads it)."""
+def running_node(
+    settings: dict[str, Any] | None = None, make_daemon: Callable[[Path, dict[str, Any]], PycriProcess] = PycriProcess
+) -> Iterator[Node]:
+    """A pycri on a private pod network; a test may rewrite the conflist (pycri re-reads it).
+    `make_daemon` makes the daemon from its base dir and settings (another kind runs another pycri)."""
     require_cni_plugins()
     base = short_tempdir()
     network = PodNetwork(
         bridge=f"pycrit{secrets.token_hex(3)}", subnet=f"10.233.{secrets.randbelow(256)}.0/24", ipam_dir=base / "ipam"
     )
-    daemon = PycriProcess(base, settings or {})
+    daemon = make_daemon(base, settings or {})
     try:
         with host_network_state():
             write_conflist(base / "cni", network.conflist())
