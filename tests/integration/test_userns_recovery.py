@@ -4,6 +4,9 @@ user namespace is pinned stays usable after a clean restart."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 from pycri.api import api_pb2
@@ -39,32 +42,33 @@ def sleeper(fault: FaultNode, pod: Pod, name: str = "sleeper") -> api_pb2.Contai
     return config
 
 
-def traversable(fault: FaultNode) -> None:
-    fault.daemon.base.chmod(0o711)  # mkdtemp's 0700 would keep the pods' roots out
+@contextlib.contextmanager
+def userns_node(test_images: TestImages, point: str = "") -> Iterator[FaultNode]:
+    """A fault node the pods' roots may walk through (mkdtemp makes its base 0700); once the
+    test is done every pod is removed and nothing may be left."""
+    with fault_node(test_images, point) as fault:
+        fault.daemon.base.chmod(0o711)
+        fault.pull_images()
+        baseline = take(fault.daemon)
+        yield fault
+        fault.remove_everything()
+        wait_for_no_leaks(fault.daemon, baseline)
 
 
 @pytest.mark.parametrize("point", ["run_pod_sandbox.host_side", "run_pod_sandbox.pause"])
 def test_killed_while_making_the_pod_leaves_nothing(point: str, test_images: TestImages) -> None:
-    with fault_node(test_images, point) as fault:
-        traversable(fault)
-        fault.pull_images()
-        baseline = take(fault.daemon)
+    with userns_node(test_images, point) as fault:
         config = userns_pod_config(fault)
         fault.kill_during(point, lambda: fault.work.run_pod(config))
         fault.restart_unarmed()
         assert fault.pods() == [] and mounts_under(fault.daemon.base) == []
         pod = fault.work.run_pod(config)
         assert fault.work.pod_status(pod.id).state == READY
-        fault.remove_everything()
-        wait_for_no_leaks(fault.daemon, baseline)
 
 
 @pytest.mark.parametrize("point", ["create_container.rootfs", "create_container.bundle"])
 def test_killed_while_making_id_mapped_mounts_leaves_nothing(point: str, test_images: TestImages) -> None:
-    with fault_node(test_images, point) as fault:
-        traversable(fault)
-        fault.pull_images()
-        baseline = take(fault.daemon)
+    with userns_node(test_images, point) as fault:
         pod = fault.work.run_pod(userns_pod_config(fault))
         containers = fault.daemon.base / "root" / "containers"
         fault.kill_during(point, lambda: fault.work.create(pod, sleeper(fault, pod)))
@@ -74,15 +78,10 @@ def test_killed_while_making_id_mapped_mounts_leaves_nothing(point: str, test_im
         container_id = fault.work.run(pod, sleeper(fault, pod))
         assert fault.work.output(container_id, "stat", "-c", "%u", "/data/file").strip() == "0"
         assert mounts_under(containers) == [containers / container_id / "rootfs"]
-        fault.remove_everything()
-        wait_for_no_leaks(fault.daemon, baseline)
 
 
 def test_pod_survives_a_restart_and_takes_new_containers(test_images: TestImages) -> None:
-    with fault_node(test_images) as fault:
-        traversable(fault)
-        fault.pull_images()
-        baseline = take(fault.daemon)
+    with userns_node(test_images) as fault:
         pod = fault.work.run_pod(userns_pod_config(fault))
         first = fault.work.run(pod, sleeper(fault, pod))
         fault.restart_unarmed()  # pycri narrows its dirs again at start; the next container widens them
@@ -91,5 +90,3 @@ def test_pod_survives_a_restart_and_takes_new_containers(test_images: TestImages
         for container_id in (first, second):
             uid_map = fault.work.output(container_id, "cat", "/proc/self/uid_map").split()
             assert uid_map == ["0", str(HOST_ROOT), "65536"]
-        fault.remove_everything()
-        wait_for_no_leaks(fault.daemon, baseline)
