@@ -47,10 +47,12 @@ def userns_options(
     return api_pb2.UserNamespace(mode=mode, uids=list(mappings), gids=list(mappings))
 
 
-def userns_pod(work: Workloads, name: str, shared_pid: bool = False, **options: object) -> Pod:
+def userns_pod(work: Workloads, name: str, shared_pid: bool = False) -> Pod:
+    """A pod in a user namespace of its own, with a namespaced sysctl (set from the host)."""
     config = work.pod_config(name)
+    config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "0"
     namespaces = config.linux.security_context.namespace_options
-    namespaces.userns_options.CopyFrom(userns_options(**options))  # type: ignore[arg-type]
+    namespaces.userns_options.CopyFrom(userns_options())
     if shared_pid:
         namespaces.pid = api_pb2.NamespaceMode.POD
     return work.run_pod(config)
@@ -102,6 +104,7 @@ def test_container_runs_mapped_in_the_pods_namespaces(
     owners = work.output(container_id, "stat", "-c", "%u:%g", "/", "/bin", "/etc/passwd", "/etc/hosts").split()
     assert owners == ["0:0"] * 4, "the rootfs and the pod's files are not root's inside"
     assert work.output(container_id, "hostname").strip() == "userns"
+    assert work.output(container_id, "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start").strip() == "0"
     pid = work.info(container_id)["pid"]
     assert os.stat(f"/proc/{pid}/ns/user").st_ino == userns_inode
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(state / "netns").st_ino
