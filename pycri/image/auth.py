@@ -20,9 +20,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
-import yarl
+if TYPE_CHECKING:  # imported by the first pull, not at the daemon's start
+    import aiohttp
+    import yarl
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,8 @@ async def get_following_redirects(
     """GET ``url`` and follow its redirects (those ``may_follow`` allows). The Authorization
     header goes to ``url``'s origin (scheme, host and port) only: once a redirect leaves it,
     the rest of the chain gets none. Returns the first response that is no redirect."""
+    import yarl
+
     origin = yarl.URL(url).origin()
     target = yarl.URL(url)
     for _ in range(REDIRECTS_MAX + 1):
@@ -271,6 +275,8 @@ class Authorizer:
             raise AuthError(f"bearer challenge has no usable realm ({realm!r})")
         service = challenge.params.get("service")
         query = {"scope": scope} | ({"service": service} if service else {})
+        import aiohttp
+
         try:
             async with self._token_request(realm, query, credentials) as response:
                 if response.status != 200:

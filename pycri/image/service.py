@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pycri import telemetry
 from pycri.api import api_pb2
@@ -28,7 +28,6 @@ from pycri.errors import (
     Unavailable,
 )
 from pycri.faults import kill_point
-from pycri.image import registry
 from pycri.image.auth import Credentials
 from pycri.image.collector import GarbageCollector
 from pycri.image.content import ContentError, ContentStore
@@ -42,6 +41,9 @@ from pycri.image.tarstream import LayerError, LimitExceeded
 from pycri.image.unpack import ImageBudget, UnpackGuard
 from pycri.state.intents import Intent, IntentLog
 from pycri.state.store import Store
+
+if TYPE_CHECKING:  # the registry client and its HTTP stack are imported by the first pull
+    from pycri.image import registry
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def image_user(config: dict[str, Any]) -> tuple[int | None, str]:
 
 
 def registry_options(config: Config) -> registry.RegistryOptions:
+    from pycri.image import registry
+
     images = config.images
     return registry.RegistryOptions(
         mirrors=dict(images.mirrors),
@@ -113,9 +117,15 @@ class ImageService:
         self._pause_name = self._normalised(config.runtime.pause_image)
 
     async def start(self) -> None:
-        """The daemon's start: watch for changes `pycri images` makes, open the registry client."""
+        """The daemon's start: watch for changes `pycri images` makes (the first pull opens the registry client)."""
         self._changes.start()
-        self._registry = registry.RegistryClient(registry_options(self._config))
+
+    def _client(self) -> registry.RegistryClient:
+        if self._registry is None:
+            from pycri.image import registry
+
+            self._registry = registry.RegistryClient(registry_options(self._config))
+        return self._registry
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config: registry endpoints, credentials, pull timeout and limits apply to
@@ -168,6 +178,8 @@ class ImageService:
 
     async def pull(self, image: str, auth: api_pb2.AuthConfig | None = None) -> str:
         """Pull `image` and return its ID (the config digest)."""
+        from pycri.image import registry
+
         ref = self.parse(image)
         credentials = None
         if auth is not None:
@@ -220,8 +232,7 @@ class ImageService:
             raise InvalidArgument(str(exc)) from None
 
     async def _pull(self, ref: Reference, credentials: Credentials | None) -> str:
-        assert self._registry is not None, "ImageService.start() was not awaited"
-        client = self._registry
+        client = self._client()
         resolved = await client.resolve(ref, credentials)
         config_bytes = await self._fetch_small(resolved, resolved.config, credentials)
         source = ImageSource(

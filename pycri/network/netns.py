@@ -25,10 +25,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeVar
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+if TYPE_CHECKING:  # pyroute2 is imported by the first call that talks netlink (the stats calls)
+    from pyroute2 import AsyncIPRoute
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ def _netlink_socket_in(netns_path: Path) -> socket.socket:
 @asynccontextmanager
 async def in_netns(netns_path: Path) -> AsyncIterator[AsyncIPRoute]:
     """An rtnetlink client (pyroute2 AsyncIPRoute) that talks to the kernel inside `netns_path`."""
+    from pyroute2 import AsyncIPRoute
+
     sock = await asyncio.to_thread(_netlink_socket_in, netns_path)
     async with AsyncIPRoute(fileno=sock.detach()) as ipr:
         yield ipr
@@ -167,6 +169,8 @@ async def bring_up_loopback(netns_path: Path) -> None:
 
 async def interface_stats(netns_path: Path, ifname: str = "eth0") -> InterfaceStats:
     """Byte and error counters of `ifname` inside the namespace; LookupError if it has no such link."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     async with in_netns(netns_path) as ipr:
         try:
             links = await ipr.link("get", ifname=ifname)

@@ -8,8 +8,6 @@ import os
 import time
 from pathlib import Path
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from pycri.api import api_pb2
 from pycri.cgroups.details import parse_open_files_soft_limit
 from pycri.container.context import ContainerContext
@@ -77,6 +75,8 @@ def container_metrics(
 async def pod_links(netns_path: Path) -> list[LinkCounters]:
     """Counters of every interface in the pod's network namespace but loopback; none when the
     namespace is gone (a pod being stopped)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         async with in_netns(netns_path) as ipr:
             links = [link async for link in await ipr.link("dump")]
