@@ -73,6 +73,8 @@ class ConmonCreate:
     create_timeout: float = 120.0
     # Seconds for each runtime call that cleans up after a failed create.
     runtime_call_timeout: float = DEFAULT_CALL_TIMEOUT
+    # CRIU's images to restore the container from (`<runtime> restore`, running at once) instead of creating it.
+    restore_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ def conmon_args(req: ConmonCreate) -> list[str]:
     ]  # fmt: skip
     if req.runtime.systemd_cgroup:
         args.append("--systemd-cgroup")
+    if req.restore_from is not None:
+        args += ["--restore", str(req.restore_from)]
     if req.log_size_max is not None and req.log_size_max > 0:
         args += ["--log-size-max", str(req.log_size_max)]
     if req.tty:

@@ -51,6 +51,8 @@ class ContainerCreate:
     tty: bool = False
     # Called (in a thread) with conmon's pid before conmon may start the runtime: moves it into its cgroup.
     place_conmon: Callable[[int], None] | None = None
+    # CRIU's images: the container is restored from them, and runs once created.
+    restore_from: Path | None = None
 
 
 class ContainerRuntime:
@@ -107,6 +109,7 @@ class ContainerRuntime:
                     conmon_path=self._conmon,
                     create_timeout=self._timeouts.conmon_create,
                     runtime_call_timeout=self._timeouts.call,
+                    restore_from=req.restore_from,
                 )
             )
 
@@ -134,6 +137,16 @@ class ContainerRuntime:
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """Apply an OCI LinuxResources object to a running container."""
         await self._runtime.update(container_id, resources)
+
+    async def pause(self, container_id: str) -> None:
+        await self._runtime.pause(container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._runtime.resume(container_id)
+
+    async def checkpoint(self, container_id: str, image_path: Path, work_path: Path, timeout: float | None) -> None:
+        """CRIU's images of the running container (left running); `timeout` replaces the call timeout."""
+        await self._runtime.checkpoint(container_id, image_path, work_path, timeout)
 
     async def exec_sync(self, container_id: str, spec: ExecSpec, timeout: float | None) -> ExecResult:
         """Run a process in the container and wait for it (ExecTimeoutError after `timeout`)."""

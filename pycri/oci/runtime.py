@@ -249,6 +249,18 @@ class OciRuntime:
             await self._run(["delete", *(["--force"] if force else []), container_id], container_id)
             log.info("container deleted", extra={"fields": {"container_id": container_id}})
 
+    async def pause(self, container_id: str) -> None:
+        await self._run(["pause", container_id], container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._run(["resume", container_id], container_id)
+
+    async def checkpoint(self, container_id: str, image_path: Path, work_path: Path, timeout: float | None) -> None:
+        """CRIU's images of the running container into `image_path`, its log into `work_path`;
+        the container goes on running. `timeout` seconds replace the call timeout when given."""
+        args = ["checkpoint", "--leave-running", "--image-path", str(image_path), "--work-path", str(work_path)]
+        await self._run([*args, container_id], container_id, timeout)
+
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """Apply an OCI LinuxResources object to a running container."""
         # A file rather than "-": crun's --resources takes a path only.
@@ -328,8 +340,11 @@ class OciRuntime:
             "--log", str(log_file), "--log-format", "json", *args,
         ]  # fmt: skip
 
-    async def _run(self, args: Sequence[str], container_id: str | None = None) -> ExecResult:
+    async def _run(
+        self, args: Sequence[str], container_id: str | None = None, timeout: float | None = None
+    ) -> ExecResult:
         what = f"{self.handler.name} {args[0]}{' ' + container_id if container_id else ''}"
+        seconds = timeout if timeout is not None else self.call_timeout
         fd, log_name = tempfile.mkstemp(prefix="pycri-runtime-", suffix=".log")
         os.close(fd)
         log_file = Path(log_name)
@@ -342,12 +357,12 @@ class OciRuntime:
                 start_new_session=True,
             )
             try:
-                stdout, stderr = await asyncio.wait_for(proc.communicate(), self.call_timeout)
+                stdout, stderr = await asyncio.wait_for(proc.communicate(), seconds)
             except TimeoutError:
                 await kill_session(proc)
-                log.warning("runtime call timed out", extra={"fields": {"call": what, "seconds": self.call_timeout}})
+                log.warning("runtime call timed out", extra={"fields": {"call": what, "seconds": seconds}})
                 raise RuntimeTimeout(
-                    f"{what}: no answer within {self.call_timeout}s; the runtime was killed", "timeout"
+                    f"{what}: no answer within {seconds}s; the runtime was killed", "timeout"
                 ) from None
             except BaseException:
                 await asyncio.shield(kill_session(proc))

@@ -9,6 +9,8 @@ from pycri.server.dispatch import Handler, service_handler
 from pycri.server.image import image_fs_info, image_status, list_images, pull_image, remove_image, stream_images
 from pycri.server.runtime import (
     attach,
+    checkpoint_container,
+    checkpoint_pod,
     container_stats,
     container_status,
     create_container,
@@ -27,6 +29,7 @@ from pycri.server.runtime import (
     remove_container,
     remove_pod_sandbox,
     reopen_container_log,
+    restore_pod,
     run_pod_sandbox,
     runtime_config,
     start_container,
@@ -69,6 +72,9 @@ RUNTIME_SERVICE: dict[str, Handler] = {
     "UpdateContainerResources": update_container_resources.handle,
     "UpdatePodSandboxResources": update_pod_sandbox_resources.handle,
     "ReopenContainerLog": reopen_container_log.handle,
+    "CheckpointContainer": checkpoint_container.handle,
+    "CheckpointPod": checkpoint_pod.handle,
+    "RestorePod": restore_pod.handle,
     "GetContainerEvents": get_container_events.handle,
     "ContainerStats": container_stats.handle,
     "ListContainerStats": list_container_stats.handle,

@@ -36,9 +36,9 @@ def test_socket_mode_and_parent_dirs(pycri: PycriProcess) -> None:
 
 def test_unimplemented_rpc_is_not_a_fake_success(pycri: PycriProcess) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        pycri.runtime().CheckpointContainer(api_pb2.CheckpointContainerRequest(container_id="x"))
+        pycri.runtime().CheckpointPod(api_pb2.CheckpointPodRequest(pod_sandbox_id="x"))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "CheckpointContainer" in err.value.details()
+    assert "CheckpointPod" in err.value.details()
 
 
 def test_runtime_config_reports_cgroup_driver(pycri: PycriProcess) -> None:

@@ -1,0 +1,120 @@
+"""CheckpointContainer: CRIU's images of a running container, its rootfs changes, spec and log,
+written as the checkpoint archive CRI-O and containerd write (checkpoint_archive.py).
+
+As both of them do for Kubernetes' forensic checkpoints, the container goes on running: it is
+paused (frozen) while CRIU dumps it and its rootfs changes are read, then resumed. CRIU must
+be usable on the host (checkpoint_criu.py); where it is not, the call fails with
+FAILED_PRECONDITION and CRIU's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from pycri.calls import ObjectLocks
+from pycri.container.checkpoint_archive import (
+    CHECKPOINT_DIR,
+    CONTAINER_LOG,
+    CheckpointConfig,
+    rootfs_changes,
+    write_archive,
+    write_metadata,
+    write_rootfs_diff,
+)
+from pycri.container.checkpoint_criu import require_criu
+from pycri.container.context import ContainerContext
+from pycri.container.views import container_status
+from pycri.errors import FailedPrecondition, InvalidArgument
+from pycri.oci.driver import runtime_error
+from pycri.oci.runtime import OciRuntimeError
+from pycri.state.containers import ContainerRecord, ContainerState
+
+log = logging.getLogger(__name__)
+
+
+def checked_location(location: str) -> Path:
+    """The archive path: absolute, in a directory that exists."""
+    if not location:
+        raise InvalidArgument("location: empty; name the archive file to write")
+    if "\0" in location or not location.startswith("/"):
+        raise InvalidArgument(f"location: {location!r} is not an absolute path")
+    path = Path(location)
+    if not path.parent.is_dir():
+        raise InvalidArgument(f"location: {str(path.parent)!r} is not an existing directory")
+    if path.is_dir():
+        raise InvalidArgument(f"location: {location!r} is a directory")
+    return path
+
+
+async def checkpoint_container(
+    ctx: ContainerContext, locks: ObjectLocks, record: ContainerRecord, location: str, timeout: int
+) -> None:
+    """Write the archive of the running container `record` to `location`; the container runs on.
+    `timeout` seconds bound CRIU's dump (0: the runtime call timeout)."""
+    if timeout < 0:
+        raise InvalidArgument(f"timeout: {timeout} is negative")
+    path = checked_location(location)
+    await require_criu(f"checkpoint container {record.id}")
+    await locks.run(record.id, lambda: _checkpoint(ctx, record.id, path, float(timeout) if timeout else None))
+
+
+async def _checkpoint(ctx: ContainerContext, container_id: str, location: Path, timeout: float | None) -> None:
+    record = ctx.state.container(container_id)
+    if record is None or record.state is not ContainerState.RUNNING:
+        state = record.state.value if record is not None else "removed"
+        raise FailedPrecondition(f"container {container_id} is {state}; only a running container is checkpointed")
+    runtime = ctx.runtime(record.runtime_handler)
+    layers = ctx.layer_dir(record.id)
+    staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="checkpoint-", dir=layers))
+    try:
+        spec = json.loads(await asyncio.to_thread((ctx.bundle_dir(record.id) / "config.json").read_text))
+        image = ctx.images.metadata.get(record.image_id)
+        lowers = [ctx.images.snapshots.path(chain_id) for chain_id in (image.chain_ids if image else [])]
+        await runtime.pause(record.id)
+        try:
+            await runtime.checkpoint(record.id, staging / CHECKPOINT_DIR, staging, timeout)
+            await asyncio.to_thread(_write_files, ctx, record, spec, lowers, staging)
+        finally:
+            await runtime.resume(record.id)
+        await asyncio.to_thread(write_archive, staging, location)
+    except OciRuntimeError as exc:
+        raise runtime_error(exc, f"checkpoint container {record.id}") from exc
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+    fields = {"id": record.id, "location": str(location), "bytes": location.stat().st_size}
+    log.info("checkpointed container", extra={"fields": fields})
+
+
+def _write_files(
+    ctx: ContainerContext, record: ContainerRecord, spec: dict[str, Any], lowers: list[Path], staging: Path
+) -> None:
+    """What goes beside CRIU's images: metadata, the rootfs diff, the log (a blocking call)."""
+    config = CheckpointConfig(
+        id=record.id,
+        name=record.name,
+        rootfs_image=record.image_ref,
+        rootfs_image_ref=record.image_id,
+        rootfs_image_name=record.image_ref,
+        runtime=record.runtime_handler,
+        created=datetime.fromtimestamp(record.created_at / 1e9, UTC),
+        checkpointed=datetime.now(UTC),
+    )
+    status = MessageToDict(container_status(record), preserving_proto_field_name=True, use_integers_for_enums=True)
+    write_metadata(staging, config, spec, status)
+    mount_points = [mount["destination"] for mount in spec.get("mounts") or []]
+    upper = ctx.layer_dir(record.id) / "upper"
+    write_rootfs_diff(upper, rootfs_changes(upper, lowers, mount_points), staging)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copyfile(record.log_path, staging / CONTAINER_LOG)
+        os.chmod(staging / CONTAINER_LOG, 0o600)
