@@ -200,7 +200,12 @@ class Adaptation:
     async def _drop(self, plugin: Plugin, why: str) -> None:
         if plugin in self._plugins:
             self._plugins.remove(plugin)
-            log.warning("NRI plugin dropped", extra={"fields": {"plugin": plugin.name, "reason": why}})
+            gone = plugin.connection.closed.is_set() and why == "connection closed"  # it left: no fault
+            log.log(
+                logging.INFO if gone else logging.WARNING,
+                "NRI plugin dropped",
+                extra={"fields": {"plugin": plugin.name, "reason": why}},
+            )
         await plugin.close()
 
     # ---- joining: plugin dir, socket ----

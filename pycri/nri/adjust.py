@@ -12,6 +12,7 @@ refused by name rather than ignored.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -59,6 +60,11 @@ class AdjustmentError(ValueError):
 
 def _removed(key: str) -> str | None:
     return key[len(REMOVAL_MARK) :] if key.startswith(REMOVAL_MARK) else None
+
+
+def _removals_first(entries: Mapping[str, str]) -> list[tuple[str, str]]:
+    """A map's entries with the removal marks first: a plugin may remove a key and set it anew."""
+    return sorted(entries.items(), key=lambda entry: _removed(entry[0]) is None)
 
 
 class SpecAdjuster:
@@ -122,7 +128,7 @@ class SpecAdjuster:
 
     def _annotations(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
         annotations: dict[str, str] = self.spec.setdefault("annotations", {})
-        for key, value in adjust.annotations.items():
+        for key, value in _removals_first(adjust.annotations):
             if (name := _removed(key)) is not None:
                 self._release("annotation", name)
                 annotations.pop(name, None)
@@ -158,12 +164,16 @@ class SpecAdjuster:
             key = pair.key if removed is None else removed
             if not key or "=" in key:
                 raise AdjustmentError(f"plugin {plugin}: bad environment variable name {pair.key!r}")
-            env[:] = [entry for entry in env if entry.split("=", 1)[0] != key]
             if removed is not None:
+                env[:] = [entry for entry in env if entry.split("=", 1)[0] != key]
                 self._release("env", key)
                 continue
             self._claim(plugin, "env", key)
-            env.append(f"{key}={pair.value}")
+            names = [entry.split("=", 1)[0] for entry in env]
+            if key in names:  # set in place: a later variable may refer to it
+                env[names.index(key)] = f"{key}={pair.value}"
+            else:
+                env.append(f"{key}={pair.value}")
 
     def _hooks(self, adjust: nri.ContainerAdjustment) -> None:
         for field, oci_kind in _HOOK_FIELDS:
@@ -232,7 +242,7 @@ class SpecAdjuster:
             limits: list[dict[str, Any]] = target.setdefault("hugepageLimits", [])
             limits[:] = [h for h in limits if h.get("pageSize") != hugepage.page_size]
             limits.append({"pageSize": hugepage.page_size, "limit": hugepage.limit})
-        for key, value in resources.unified.items():
+        for key, value in _removals_first(resources.unified):
             unified: dict[str, str] = target.setdefault("unified", {})
             if (removed := _removed(key)) is not None:
                 self._release("unified", removed)
@@ -258,7 +268,7 @@ class SpecAdjuster:
         self._process()["oomScoreAdj"] = value
 
     def _sysctl(self, plugin: str, linux: nri.LinuxContainerAdjustment) -> None:
-        for key, value in linux.sysctl.items():
+        for key, value in _removals_first(linux.sysctl):
             sysctls: dict[str, str] = self._linux().setdefault("sysctl", {})
             if (name := _removed(key)) is not None:
                 self._release("sysctl", name)
