@@ -87,4 +87,6 @@ def setup_logging(level: str, log_format: str = "logfmt") -> None:
         root.handlers[:] = [handler]
     handler.setFormatter(FORMATTERS[log_format]())
     root.setLevel(_LEVELS[level])
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    # Libraries' own debug lines (grpc's "Loaded running loop" on every call) would drown pycri's.
+    for library in ("asyncio", "grpc"):
+        logging.getLogger(library).setLevel(logging.WARNING)
