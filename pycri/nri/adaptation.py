@@ -45,6 +45,7 @@ _STATE_CHANGE_EVENTS = frozenset(
         nri.POST_START_CONTAINER,
         nri.POST_UPDATE_CONTAINER,
         nri.REMOVE_CONTAINER,
+        nri.POST_UPDATE_POD_SANDBOX,
     }
 )
 

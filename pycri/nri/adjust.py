@@ -54,6 +54,41 @@ _HOOK_FIELDS = (
 )
 
 
+# What NRI calls each thing a plugin may own (api.proto's Field), for validator plugins.
+_SIMPLE_FIELDS = {
+    "args": nri.Args,
+    "cgroups path": nri.CgroupsPath,
+    "oom_score_adj": nri.OomScoreAdj,
+    "pids.limit": nri.PidsLimit,
+    "memory.limit": nri.MemLimit,
+    "memory.reservation": nri.MemReservation,
+    "memory.swap": nri.MemSwapLimit,
+    "memory.kernel": nri.MemKernelLimit,
+    "memory.kernelTCP": nri.MemTCPLimit,
+    "memory.swappiness": nri.MemSwappiness,
+    "memory.disableOOMKiller": nri.MemDisableOomKiller,
+    "memory.useHierarchy": nri.MemUseHierarchy,
+    "cpu.shares": nri.CPUShares,
+    "cpu.quota": nri.CPUQuota,
+    "cpu.period": nri.CPUPeriod,
+    "cpu.realtimeRuntime": nri.CPURealtimeRuntime,
+    "cpu.realtimePeriod": nri.CPURealtimePeriod,
+    "cpu.cpus": nri.CPUSetCPUs,
+    "cpu.mems": nri.CPUSetMems,
+}
+_COMPOUND_FIELDS = {
+    "annotation": nri.Annotations,
+    "mount": nri.Mounts,
+    "env": nri.Env,
+    "device": nri.Devices,
+    "rlimit": nri.Rlimits,
+    "hugepage limit": nri.HugepageLimits,
+    "unified": nri.CgroupsUnified,
+    "sysctl": nri.Sysctl,
+    "namespace": nri.Namespace,
+}
+
+
 class AdjustmentError(ValueError):
     """A plugin asked for something invalid, unsupported, or already set by another plugin."""
 
@@ -72,6 +107,7 @@ class SpecAdjuster:
         self.spec = spec
         self._min_oom_score_adj = min_oom_score_adj
         self._owners: dict[tuple[str, str], str] = {}
+        self._hook_owners: list[str] = []
 
     def apply(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
         """Apply one plugin's adjustment; AdjustmentError leaves the spec partly changed (the create fails)."""
@@ -79,7 +115,7 @@ class SpecAdjuster:
         self._annotations(plugin, adjust)
         self._mounts(plugin, adjust)
         self._env(plugin, adjust)
-        self._hooks(adjust)
+        self._hooks(plugin, adjust)
         self._rlimits(plugin, adjust)
         if adjust.args:
             self._claim(plugin, "args", "")
@@ -175,7 +211,7 @@ class SpecAdjuster:
             else:
                 env.append(f"{key}={pair.value}")
 
-    def _hooks(self, adjust: nri.ContainerAdjustment) -> None:
+    def _hooks(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
         for field, oci_kind in _HOOK_FIELDS:
             for hook in getattr(adjust.hooks, field):
                 if not PurePosixPath(hook.path).is_absolute():
@@ -188,6 +224,8 @@ class SpecAdjuster:
                 if hook.HasField("timeout"):
                     entry["timeout"] = hook.timeout.value
                 self.spec.setdefault("hooks", {}).setdefault(oci_kind, []).append(entry)
+                if plugin not in self._hook_owners:
+                    self._hook_owners.append(plugin)
 
     def _rlimits(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
         for limit in adjust.rlimits:
@@ -296,3 +334,15 @@ class SpecAdjuster:
         if ("cgroups path", "") in self._owners:
             return str(self._linux()["cgroupsPath"])
         return None
+
+    def owners(self) -> nri.FieldOwners:
+        """Which plugin set what, as NRI tells validator plugins."""
+        owners = nri.FieldOwners()
+        for (field, key), plugin in self._owners.items():
+            if field in _SIMPLE_FIELDS:
+                owners.simple[_SIMPLE_FIELDS[field]] = plugin
+            elif field in _COMPOUND_FIELDS:
+                owners.compound[_COMPOUND_FIELDS[field]].owners[key] = plugin
+        if self._hook_owners:
+            owners.simple[nri.OciHooks] = ",".join(self._hook_owners)
+        return owners

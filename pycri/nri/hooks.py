@@ -1,7 +1,7 @@
 """The NRI hooks the pod and container services call: one object, a no-op when NRI is off.
 
-Each hook relays one lifecycle event to the plugins. RunPodSandbox, CreateContainer,
-StartContainer and UpdateContainerResources fail when a plugin answers with an error;
+Each hook relays one lifecycle event to the plugins. RunPodSandbox, CreateContainer (and
+its validation), StartContainer and the resource updates fail when a plugin answers with an error;
 the other events only log it. A pod's or container's stop reaches the plugins once,
 however it ends (StopContainer, StopPodSandbox, an exit of its own) and before its removal.
 """
@@ -116,6 +116,34 @@ class Nri:
         await self._notify(nri.REMOVE_POD_SANDBOX, "RemovePodSandbox", request, nri.RemovePodSandboxResponse)
         self._stopped_pods.discard(pod.id)
 
+    async def update_pod_sandbox(
+        self,
+        pod: SandboxRecord,
+        overhead: api_pb2.LinuxContainerResources | None,
+        resources: api_pb2.LinuxContainerResources | None,
+    ) -> None:
+        if not self.enabled:
+            return
+        request = nri.UpdatePodSandboxRequest(pod=convert.pod_sandbox(pod))
+        if overhead is not None:
+            request.overhead_linux_resources.CopyFrom(convert.resources_from_cri(overhead))
+        if resources is not None:
+            request.linux_resources.CopyFrom(convert.resources_from_cri(resources))
+        try:
+            await self.adaptation.dispatch(
+                nri.UPDATE_POD_SANDBOX, "UpdatePodSandbox", request, nri.UpdatePodSandboxResponse
+            )
+        except PluginFailed as exc:
+            raise RuntimeFailure(str(exc)) from None
+
+    async def post_update_pod_sandbox(self, pod: SandboxRecord) -> None:
+        if not self.enabled:
+            return
+        request = nri.PostUpdatePodSandboxRequest(pod=convert.pod_sandbox(pod))
+        await self._notify(
+            nri.POST_UPDATE_POD_SANDBOX, "PostUpdatePodSandbox", request, nri.PostUpdatePodSandboxResponse
+        )
+
     # ---- containers ----
 
     async def create_container(self, pod: SandboxRecord, record: ContainerRecord, spec: dict[str, Any]) -> str | None:
@@ -127,6 +155,9 @@ class Nri:
         self._container_stops.pop(record.id, None)
         adjuster = SpecAdjuster(spec, self._own_oom_score_adj)
         pod_message = convert.pod_sandbox(pod)
+        pristine = convert.container(record, spec)
+        combined = nri.ContainerAdjustment()
+        consulted: list[nri.PluginInstance] = []
         updates: list[nri.ContainerUpdate] = []
         evictions: list[nri.ContainerEviction] = []
 
@@ -135,6 +166,8 @@ class Nri:
 
         def take(plugin: Plugin, reply: nri.CreateContainerResponse) -> None:
             adjuster.apply(plugin.name, reply.adjust)
+            combined.MergeFrom(reply.adjust)
+            consulted.append(nri.PluginInstance(name=plugin.base, index=plugin.index))
             updates.extend(reply.update)
             evictions.extend(reply.evict)
 
@@ -142,8 +175,23 @@ class Nri:
             await self.adaptation.dispatch(
                 nri.CREATE_CONTAINER, "CreateContainer", request, nri.CreateContainerResponse, take
             )
+            validation = nri.ValidateContainerAdjustmentRequest(
+                pod=pod_message, container=pristine, adjust=combined, update=updates, plugins=consulted
+            )
+            validation.owners.owners[record.id].CopyFrom(adjuster.owners())
+            verdicts = await self.adaptation.dispatch(
+                nri.VALIDATE_CONTAINER_ADJUSTMENT,
+                "ValidateContainerAdjustment",
+                validation,
+                nri.ValidateContainerAdjustmentResponse,
+            )
         except (PluginFailed, AdjustmentError) as exc:
             raise RuntimeFailure(f"NRI: {exc}") from None
+        for plugin, verdict in verdicts:
+            if verdict.reject:
+                raise RuntimeFailure(
+                    f"NRI: plugin {plugin.name} rejected the container's adjustments: {verdict.reason}"
+                )
         if missing := self.adaptation.missing_required():  # one was dropped on the way
             raise FailedPrecondition(f"required NRI plugins are not connected: {', '.join(missing)}")
         await self._apply("CreateContainer", updates, evictions)

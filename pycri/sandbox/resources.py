@@ -184,7 +184,7 @@ async def update_pod_resources(
     if record is None:
         raise NotFound(f"pod sandbox {sandbox_id!r} not found")
     limits = pod_limits(overhead, resources)
-    # NRI: the UpdatePodSandbox event goes here, before the pod's cgroup changes; PostUpdatePodSandbox after the commit.
+    await ctx.nri.update_pod_sandbox(record, overhead, resources)  # before the pod's cgroup changes
     applied = record.ready and ctx.cgroups.owns_pod_parent(record.cgroup_parent)
     if applied:
         await apply_pod_limits(ctx.cgroups, record, limits)
@@ -199,3 +199,5 @@ async def update_pod_resources(
             await asyncio.shield(apply_pod_limits(ctx.cgroups, record, old))
         raise
     log.info("pod sandbox resources updated", extra={"fields": {"id": record.id, "cgroup_changed": applied}})
+    if (updated := ctx.state.sandbox(record.id)) is not None:
+        await ctx.nri.post_update_pod_sandbox(updated)

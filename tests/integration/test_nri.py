@@ -139,6 +139,7 @@ def test_events_arrive_in_order_with_pod_and_container_metadata(
     assert plugin.methods(pod_id=pod.id) == [
         "RunPodSandbox",
         "CreateContainer",
+        "ValidateContainerAdjustment",
         "PostCreateContainer",
         "StartContainer",
         "PostStartContainer",
@@ -213,6 +214,62 @@ def test_adjustments_reach_the_containers_spec_and_process(
     assert work.output(container_id, "sh", "-c", "ulimit -n").strip() == "2048"
 
 
+def test_validator_sees_adjustments_with_their_owners_and_may_reject(
+    node: Node, work: Workloads, plugins: PluginLoop, test_images: TestImages
+) -> None:
+    adjust = nri.ContainerAdjustment(env=[nri.KeyValue(key="OWNED", value="1")])
+    adjuster = plugins.connect(
+        RecordingPlugin(
+            "owner",
+            "41",
+            events=[nri.CREATE_CONTAINER],
+            replies={"CreateContainer": nri.CreateContainerResponse(adjust=adjust)},
+        ),
+        socket_of(node),
+    )
+    verdict = nri.ValidateContainerAdjustmentResponse(reject=True, reason="OWNED is not allowed")
+    validator = plugins.connect(
+        RecordingPlugin(
+            "validator",
+            "90",
+            events=[nri.VALIDATE_CONTAINER_ADJUSTMENT],
+            replies={"ValidateContainerAdjustment": verdict},
+        ),
+        socket_of(node),
+    )
+    try:
+        pod = work.pod("nri-validated")
+        with pytest.raises(grpc.RpcError) as rejected:
+            work.create(pod, container_config("validated", test_images.busybox.reference, "sleep", "60"))
+        assert "OWNED is not allowed" in str(rejected.value.details())
+        assert work.list(pod_sandbox_id=pod.id) == []
+        request = next(c.request for c in validator.calls if c.method == "ValidateContainerAdjustment")
+        assert [kv.key for kv in request.adjust.env] == ["OWNED"]  # type: ignore[attr-defined]
+        (owners,) = request.owners.owners.values()  # type: ignore[attr-defined]
+        assert owners.compound[nri.Env].owners["OWNED"] == "41-owner"
+        assert ("41", "owner") in [(p.index, p.name) for p in request.plugins]  # type: ignore[attr-defined]
+        assert "OWNED=1" not in request.container.env  # type: ignore[attr-defined]
+    finally:
+        plugins.close(adjuster)
+        plugins.close(validator)
+
+
+def test_pod_resource_updates_reach_the_plugins(node: Node, work: Workloads, plugins: PluginLoop) -> None:
+    plugin = plugins.connect(RecordingPlugin("podwatch", "75", events=ALL_EVENTS), socket_of(node))
+    try:
+        pod = work.pod("nri-pod-update")
+        resources = api_pb2.LinuxContainerResources(cpu_shares=300, memory_limit_in_bytes=256 << 20)
+        work.runtime.UpdatePodSandboxResources(
+            api_pb2.UpdatePodSandboxResourcesRequest(pod_sandbox_id=pod.id, resources=resources)
+        )
+    finally:
+        plugins.close(plugin)
+    assert plugin.methods(pod_id=pod.id) == ["RunPodSandbox", "UpdatePodSandbox", "PostUpdatePodSandbox"]
+    update = next(c.request for c in plugin.calls if c.method == "UpdatePodSandbox")
+    assert update.linux_resources.cpu.shares.value == 300  # type: ignore[attr-defined]
+    assert update.linux_resources.memory.limit.value == 256 << 20  # type: ignore[attr-defined]
+
+
 def test_failing_hook_fails_the_create_and_leaves_nothing(
     node: Node, work: Workloads, plugins: PluginLoop, test_images: TestImages
 ) -> None:
@@ -270,7 +327,7 @@ def test_hanging_plugin_is_dropped_and_the_pod_runs(
         assert plugins.run(_closed(hanging)), "pycri should have dropped the hanging plugin's connection"
         work.run(pod, container_config("after-hang", test_images.busybox.reference, "sleep", "60"))
         assert hanging.methods(pod_id=pod.id) == ["RunPodSandbox"]
-        assert witness.methods(pod_id=pod.id)[:3] == ["RunPodSandbox", "CreateContainer", "PostCreateContainer"]
+        assert witness.methods(pod_id=pod.id)[:3] == ["RunPodSandbox", "CreateContainer", "ValidateContainerAdjustment"]
     finally:
         plugins.close(hanging)
         plugins.close(witness)

@@ -27,6 +27,8 @@ REPLIES: dict[str, type] = {
     "Synchronize": nri.SynchronizeResponse,
     "Shutdown": nri.Empty,
     "RunPodSandbox": nri.RunPodSandboxResponse,
+    "UpdatePodSandbox": nri.UpdatePodSandboxResponse,
+    "PostUpdatePodSandbox": nri.PostUpdatePodSandboxResponse,
     "StopPodSandbox": nri.StopPodSandboxResponse,
     "RemovePodSandbox": nri.RemovePodSandboxResponse,
     "CreateContainer": nri.CreateContainerResponse,
@@ -38,6 +40,7 @@ REPLIES: dict[str, type] = {
     "StopContainer": nri.StopContainerResponse,
     "RemoveContainer": nri.RemoveContainerResponse,
     "StateChange": nri.Empty,
+    "ValidateContainerAdjustment": nri.ValidateContainerAdjustmentResponse,
 }
 REQUESTS: dict[str, type] = {
     "Configure": nri.ConfigureRequest,
