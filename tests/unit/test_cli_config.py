@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +13,7 @@ from hypothesis import strategies as st
 from pycri.cli import main
 from pycri.config import Config, HandlerConfig, config_to_toml, load_config
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def keep_root_logger() -> Iterator[None]:
-    """`main` sets up pycri's logging on the root logger; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("keep_root_logger")]
 
 
 def printed_config(capsys: pytest.CaptureFixture[str], *args: str) -> str:

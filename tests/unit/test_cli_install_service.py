@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,20 +12,15 @@ from pycri import service_unit
 from pycri.cli import main
 from pycri.service_unit import InstallError, install_unit, pycri_command, render_unit, shipped_unit
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("keep_root_logger")]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def no_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Never enable a unit on the machine running the tests; put pytest's logging back after `main`."""
+def no_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never enable a unit on the machine running the tests."""
     monkeypatch.setattr(service_unit, "SYSTEMD_RUNNING", tmp_path / "no-systemd")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def unit_lines(unit: str) -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,21 +13,11 @@ from pycri.config import Config, HandlerConfig
 from pycri.hostcheck import Check, HostFiles, check_host, render
 from pycri.hostinfo import collect_host_info
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("keep_root_logger")]
 
 V1_LAYOUT = CgroupLayout(
     v1={name: Path(f"/sys/fs/cgroup/{name}") for name in ("cpu", "cpuacct", "devices", "freezer", "memory", "pids")}
 )
-
-
-@pytest.fixture(autouse=True)
-def keep_root_logger() -> Iterator[None]:
-    """`main` sets up pycri's logging on the root logger; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def program(path: Path, *lines: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,25 +70,17 @@ def test_logfmt_quotes_what_needs_quoting() -> None:
     assert line.endswith('msg="two words" path="/a b" n=1')
 
 
-@pytest.fixture
-def root_logger() -> Iterator[logging.Logger]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    yield root
-    root.handlers[:], root.level = saved[0], saved[1]
-
-
 def test_set_up_again_swaps_format_and_level_on_the_one_handler(
-    root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+    keep_root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
     setup_logging("info", "logfmt")
-    handler = root_logger.handlers[0]
+    handler = keep_root_logger.handlers[0]
     logging.getLogger("pycri.a").info("first", extra={"fields": {"k": "v"}})
     logging.getLogger("pycri.a").debug("hidden")
     setup_logging("debug", "json")
-    assert root_logger.handlers == [handler]
+    assert keep_root_logger.handlers == [handler]
     logging.getLogger("pycri.a").debug("second", extra={"fields": {"k": "v"}})
     first, second = stream.getvalue().splitlines()
     assert first.startswith("time=") and first.endswith("msg=first k=v")
