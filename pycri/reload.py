@@ -7,9 +7,11 @@ with what it had):
 - images.mirrors, insecure_registries, docker_config, mirror_credentials, foreign_layer_hosts,
   pull_timeout and images.limits
 - runtime.default_handler, new entries of runtime.handlers, and allowed_annotations of every handler
+- cdi.spec_dirs (CreateContainer reads the spec files each time)
 
 Every other changed key (dirs, the socket, cgroup settings, a handler's path or root, a handler
-removed, CNI, streaming, timeouts, ...) is logged as needing a restart and keeps its running value.
+removed, CNI, streaming, timeouts, NRI, metrics, tracing) is logged as needing a restart and keeps its
+running value.
 A config that does not load (bad TOML, unknown key, bad value) is refused with its error and the
 running config stays whole.
 
@@ -87,6 +89,7 @@ def _with_live_keys(running: Config, loaded: Config) -> Config:
         running,
         log_level=loaded.log_level,
         log_format=loaded.log_format,
+        cdi=loaded.cdi,
         runtime=dataclasses.replace(running.runtime, default_handler=loaded.runtime.default_handler, handlers=handlers),
         images=dataclasses.replace(
             running.images,

@@ -33,9 +33,11 @@ def test_log_level_format_and_registry_settings_apply_at_once() -> None:
         docker_config=Path("/etc/pycri/auth.json"),
         pull_timeout=30.0,
     )
-    loaded = changed(log_level="debug", log_format="json", images=images)
+    cdi = dataclasses.replace(Config().cdi, spec_dirs=[Path("/etc/cdi"), Path("/srv/cdi")])
+    loaded = changed(log_level="debug", log_format="json", images=images, cdi=cdi)
     plan = plan_reload(Config(), loaded)
     assert sorted(plan.live) == [
+        "cdi.spec_dirs",
         "images.docker_config",
         "images.insecure_registries",
         "images.mirrors",
@@ -53,10 +55,11 @@ def test_dirs_socket_and_cni_wait_for_a_restart_and_keep_their_running_values() 
         socket=Path("/run/other.sock"),
         log_level="error",
         cni=dataclasses.replace(Config().cni, default_subnet="10.99.0.0/16"),
+        nri=dataclasses.replace(Config().nri, enable=True),
     )
     plan = plan_reload(Config(), loaded)
     assert plan.live == ["log_level"]
-    assert sorted(plan.restart) == ["cni.default_subnet", "root_dir", "socket"]
+    assert sorted(plan.restart) == ["cni.default_subnet", "nri.enable", "root_dir", "socket"]
     assert plan.applied.root_dir == Config().root_dir
     assert plan.applied.cni == Config().cni
     assert plan.applied.log_level == "error"
