@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2
+from tests.integration.test_service_manager import NotifyListener
 from tests.support.busybox_images import TestImages
 from tests.support.daemon import PycriProcess
 from tests.support.pods import wait_until
@@ -129,3 +130,18 @@ def test_json_logs_after_a_reload_are_one_object_per_line(daemon: PycriProcess) 
     assert all({"time", "level", "logger", "msg"} <= set(entry) for entry in parsed)
     call = next(entry for entry in parsed if entry["msg"] == "call")
     assert call["level"] == "debug" and call["method"].endswith("/Version")
+
+
+def test_the_service_manager_hears_reloading_then_ready(pycri_dir: Path) -> None:
+    listener = NotifyListener(pycri_dir / "notify.sock")
+    daemon = PycriProcess(pycri_dir, {"log_level": "info"}, env={"NOTIFY_SOCKET": str(listener.path)}).start()
+    try:
+        assert listener.receive_until("READY")["READY"] == "1"
+        hang_up(daemon, {"log_level": "debug"}, expect=RELOADED)
+        reloading = listener.receive_until("RELOADING")
+        assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+        ready = listener.receive_until("READY")
+        assert ready["READY"] == "1" and str(daemon.socket) in ready["STATUS"]
+    finally:
+        daemon.stop()
+        listener.close()
