@@ -97,11 +97,6 @@ def _removed(key: str) -> str | None:
     return key[len(REMOVAL_MARK) :] if key.startswith(REMOVAL_MARK) else None
 
 
-def _removals_first(entries: Mapping[str, str]) -> list[tuple[str, str]]:
-    """A map's entries with the removal marks first: a plugin may remove a key and set it anew."""
-    return sorted(entries.items(), key=lambda entry: _removed(entry[0]) is None)
-
-
 class SpecAdjuster:
     def __init__(self, spec: dict[str, Any], min_oom_score_adj: int) -> None:
         self.spec = spec
@@ -163,16 +158,20 @@ class SpecAdjuster:
             raise AdjustmentError(f"plugin {plugin} asks for what pycri does not support: {', '.join(unsupported)}")
 
     def _annotations(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
-        annotations: dict[str, str] = self.spec.setdefault("annotations", {})
-        for key, value in _removals_first(adjust.annotations):
-            if (name := _removed(key)) is not None:
-                self._release("annotation", name)
-                annotations.pop(name, None)
+        if adjust.annotations:
+            self._merge_map(plugin, "annotation", self.spec.setdefault("annotations", {}), adjust.annotations)
+
+    def _merge_map(self, plugin: str, field: str, target: dict[str, str], entries: Mapping[str, str]) -> None:
+        """Set and remove (marked) keys of one of the spec's string maps."""
+        for key, value in sorted(entries.items(), key=lambda entry: _removed(entry[0]) is None):  # removals first
+            if (removed := _removed(key)) is not None:
+                self._release(field, removed)
+                target.pop(removed, None)
                 continue
             if not key:
-                raise AdjustmentError(f"plugin {plugin} sets an annotation with an empty key")
-            self._claim(plugin, "annotation", key)
-            annotations[key] = value
+                raise AdjustmentError(f"plugin {plugin} sets a {field} with an empty key")
+            self._claim(plugin, field, key)
+            target[key] = value
 
     def _mounts(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
         mounts: list[dict[str, Any]] = self.spec.setdefault("mounts", [])
@@ -280,14 +279,8 @@ class SpecAdjuster:
             limits: list[dict[str, Any]] = target.setdefault("hugepageLimits", [])
             limits[:] = [h for h in limits if h.get("pageSize") != hugepage.page_size]
             limits.append({"pageSize": hugepage.page_size, "limit": hugepage.limit})
-        for key, value in _removals_first(resources.unified):
-            unified: dict[str, str] = target.setdefault("unified", {})
-            if (removed := _removed(key)) is not None:
-                self._release("unified", removed)
-                unified.pop(removed, None)
-            else:
-                self._claim(plugin, "unified", key)
-                unified[key] = value
+        if resources.unified:
+            self._merge_map(plugin, "unified", target.setdefault("unified", {}), resources.unified)
 
     def _cgroups_path(self, plugin: str, path: str) -> None:
         parts = PurePosixPath(path).parts
@@ -306,14 +299,8 @@ class SpecAdjuster:
         self._process()["oomScoreAdj"] = value
 
     def _sysctl(self, plugin: str, linux: nri.LinuxContainerAdjustment) -> None:
-        for key, value in _removals_first(linux.sysctl):
-            sysctls: dict[str, str] = self._linux().setdefault("sysctl", {})
-            if (name := _removed(key)) is not None:
-                self._release("sysctl", name)
-                sysctls.pop(name, None)
-            else:
-                self._claim(plugin, "sysctl", key)
-                sysctls[key] = value
+        if linux.sysctl:
+            self._merge_map(plugin, "sysctl", self._linux().setdefault("sysctl", {}), linux.sysctl)
 
     def _namespaces(self, plugin: str, linux: nri.LinuxContainerAdjustment) -> None:
         for namespace in linux.namespaces:
