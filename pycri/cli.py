@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(config: Config, source: ConfigSource, service_manager: ServiceManager) -> int:
     from pycri.daemon import AlreadyRunning
-    from pycri.server.app import SocketInUse, serve
+    from pycri.server.app import serve
     from pycri.telemetry import MetricsUnavailable
+    from pycri.unix_socket import SocketInUse
 
     try:
         asyncio.run(serve(config, source, service_manager))

@@ -164,9 +164,10 @@ class TimeoutsSection:
 
 @dataclass
 class NriSection:
-    """NRI (Node Resource Interface) plugins, hosted as containerd and CRI-O host them."""
+    """NRI (Node Resource Interface) plugins, hosted as containerd and CRI-O host them (on by default, as
+    in containerd 2 and CRI-O)."""
 
-    enable: bool = False
+    enable: bool = True
     # Where plugins that run on their own connect.
     socket_path: Path = Path("/var/run/nri/nri.sock")
     # Executables named <two-digit index>-<name> here are started with pycri, each on its own socket pair.

@@ -30,6 +30,7 @@ from pycri.nri import ttrpc
 from pycri.nri.connection import ConnectionClosed
 from pycri.nri.pb import api_pb2 as nri
 from pycri.nri.plugin import Plugin, RegistrationFailed, UpdateContainers, check_index, check_name
+from pycri.unix_socket import SocketInUse, claim_socket_path, file_creation_mask
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ class Adaptation:
     @property
     def plugins(self) -> list[Plugin]:
         return list(self._plugins)
+
+    def connected(self) -> bool:
+        return bool(self._plugins)
 
     def missing_required(self) -> list[str]:
         present = {plugin.base for plugin in self._plugins}
@@ -263,14 +267,14 @@ class Adaptation:
 
     async def _listen(self) -> None:
         path = self.settings.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        old_umask = os.umask(0o177)
         try:
+            claim_socket_path(path, dir_mode=0o700)
+        except SocketInUse as exc:
+            # Another runtime on this host hosts NRI there: pre-registered plugins still run, none can connect.
+            log.error("NRI socket not opened", extra={"fields": {"path": str(path), "error": str(exc)}})
+            return
+        with file_creation_mask(0o177):
             self._server = await asyncio.start_unix_server(self._accepted, path=str(path))
-        finally:
-            os.umask(old_umask)
         log.info("NRI socket listening", extra={"fields": {"path": str(path)}})
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -65,6 +65,11 @@ class Nri:
         assert self._state_store is not None, "NRI is on without a state store"
         return self._state_store
 
+    @property
+    def _relaying(self) -> bool:
+        """Events go out while NRI is on and a plugin is connected; one that connects later synchronizes."""
+        return self.enabled and self.adaptation.connected()
+
     def attach(self, actions: ContainerActions) -> None:
         self._actions = actions
 
@@ -88,7 +93,7 @@ class Nri:
     # ---- pods ----
 
     async def run_pod_sandbox(self, pod: SandboxRecord) -> None:
-        if not self.enabled:
+        if not self._relaying:
             return
         self._stopped_pods.discard(pod.id)
         message = convert.pod_sandbox(pod)
@@ -102,14 +107,14 @@ class Nri:
             raise RuntimeFailure(str(exc)) from None
 
     async def stop_pod_sandbox(self, pod: SandboxRecord) -> None:
-        if not self.enabled or pod.id in self._stopped_pods:
+        if not self._relaying or pod.id in self._stopped_pods:
             return
         self._stopped_pods.add(pod.id)
         request = nri.StopPodSandboxRequest(pod=convert.pod_sandbox(pod))
         await self._notify(nri.STOP_POD_SANDBOX, "StopPodSandbox", request, nri.StopPodSandboxResponse)
 
     async def remove_pod_sandbox(self, pod: SandboxRecord) -> None:
-        if not self.enabled:
+        if not self._relaying:
             return
         await self.stop_pod_sandbox(pod)
         request = nri.RemovePodSandboxRequest(pod=convert.pod_sandbox(pod))
@@ -122,7 +127,7 @@ class Nri:
         overhead: api_pb2.LinuxContainerResources | None,
         resources: api_pb2.LinuxContainerResources | None,
     ) -> None:
-        if not self.enabled:
+        if not self._relaying:
             return
         request = nri.UpdatePodSandboxRequest(pod=convert.pod_sandbox(pod))
         if overhead is not None:
@@ -137,7 +142,7 @@ class Nri:
             raise RuntimeFailure(str(exc)) from None
 
     async def post_update_pod_sandbox(self, pod: SandboxRecord) -> None:
-        if not self.enabled:
+        if not self._relaying:
             return
         request = nri.PostUpdatePodSandboxRequest(pod=convert.pod_sandbox(pod))
         await self._notify(
@@ -152,6 +157,8 @@ class Nri:
             return None
         if missing := self.adaptation.missing_required():
             raise FailedPrecondition(f"required NRI plugins are not connected: {', '.join(missing)}")
+        if not self._relaying:
+            return None
         self._container_stops.pop(record.id, None)
         adjuster = SpecAdjuster(spec, self._own_oom_score_adj)
         pod_message = convert.pod_sandbox(pod)
@@ -201,7 +208,7 @@ class Nri:
         await self._container_event(nri.POST_CREATE_CONTAINER, "PostCreateContainer", record)
 
     async def start_container(self, record: ContainerRecord) -> None:
-        if not self.enabled:
+        if not self._relaying:
             return
         request = nri.StartContainerRequest(pod=self._pod_of(record), container=await self._container(record))
         try:
@@ -216,7 +223,7 @@ class Nri:
         self, record: ContainerRecord, resources: api_pb2.LinuxContainerResources
     ) -> api_pb2.LinuxContainerResources:
         """The resources to set: those asked for, as the plugins adjusted them."""
-        if not self.enabled:
+        if not self._relaying:
             return resources
         request = nri.UpdateContainerRequest(
             pod=self._pod_of(record),
@@ -246,7 +253,7 @@ class Nri:
 
     async def stop_container(self, record: ContainerRecord) -> None:
         """The plugins hear of the container's stop once; a second caller waits for that relay."""
-        if not self.enabled:
+        if not self._relaying:
             return
         relay = self._container_stops.get(record.id)
         if relay is None:
@@ -266,7 +273,7 @@ class Nri:
         await self._apply("StopContainer", [u for _, reply in replies for u in reply.update], [])
 
     async def remove_container(self, record: ContainerRecord) -> None:
-        if not self.enabled:
+        if not self._relaying:
             return
         await self.stop_container(record)
         await self._container_event(nri.REMOVE_CONTAINER, "RemoveContainer", record)
@@ -275,7 +282,7 @@ class Nri:
     # ---- helpers ----
 
     async def _container_event(self, event: int, method: str, record: ContainerRecord) -> None:
-        if not self.enabled:
+        if not self._relaying:
             return
         request_type = getattr(nri, f"{method}Request")
         request = request_type(pod=self._pod_of(record), container=await self._container(record))

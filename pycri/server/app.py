@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import os
 import signal
-import socket
-import stat
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 
@@ -21,6 +15,7 @@ from pycri.daemon import Daemon
 from pycri.reload import Reloader
 from pycri.sdnotify import ServiceManager
 from pycri.server.handlers import image_service_handlers, runtime_service_handlers
+from pycri.unix_socket import claim_socket_path, file_creation_mask
 
 log = logging.getLogger(__name__)
 SOCKET_MODE = 0o660
@@ -28,44 +23,6 @@ SOCKET_MODE = 0o660
 SOCKET_UMASK = 0o777 & ~SOCKET_MODE
 SHUTDOWN_GRACE_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-class SocketInUse(RuntimeError):
-    """A live server already answers on the socket path."""
-
-
-def claim_socket_path(path: Path) -> None:
-    """Make `path` free for binding: a stale socket is removed, a live one is refused,
-    and anything that is not a socket is left alone."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise
-        log.info("removing stale socket", extra={"fields": {"socket": str(path)}})
-        path.unlink(missing_ok=True)
-        return
-    finally:
-        probe.close()
-    raise SocketInUse(f"another server is already serving on {path}")
-
-
-@contextlib.contextmanager
-def file_creation_mask(mask: int) -> Iterator[None]:
-    """The process umask set to `mask` for the block (it is process-wide: keep the block short)."""
-    previous = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 async def serve(config: Config, source: ConfigSource, service_manager: ServiceManager | None = None) -> None:

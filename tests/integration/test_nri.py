@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import threading
 from collections.abc import Coroutine, Iterator
@@ -385,3 +386,18 @@ def test_plugin_from_the_plugin_dir_is_started_and_sees_events(
     lines = record.read_text().splitlines()
     assert lines[:2] == ["Configure - -", "Synchronize - -"]
     assert f"CreateContainer {pod.id} {container_id}" in lines
+
+
+def test_a_live_socket_of_another_runtime_is_left_alone(test_images: TestImages, tmp_path: Path) -> None:
+    other = tmp_path / "nri.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(other))
+        listener.listen()
+        settings = {"runtime": {"pause_image": test_images.pause.reference}, "nri": {"socket_path": str(other)}}
+        with running_node(settings) as node, workloads_on(node) as work:
+            work.pull(test_images.busybox.reference)
+            pod = work.pod("nri-foreign")
+            work.run(pod, container_config("runs", test_images.busybox.reference, "sleep", "60"))
+            assert "NRI socket not opened" in node.daemon.log_path.read_text()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(other))  # still the other runtime's socket, not removed at pycri's stop

@@ -7,8 +7,9 @@ import socket
 import stat
 from pathlib import Path
 
-from pycri.server.app import SOCKET_MODE, SOCKET_UMASK, file_creation_mask
+from pycri.server.app import SOCKET_MODE, SOCKET_UMASK
 from pycri.state.store import Store
+from pycri.unix_socket import file_creation_mask
 
 
 def mode_of(path: Path) -> int:

@@ -55,7 +55,7 @@ def test_dirs_socket_and_cni_wait_for_a_restart_and_keep_their_running_values() 
         socket=Path("/run/other.sock"),
         log_level="error",
         cni=dataclasses.replace(Config().cni, default_subnet="10.99.0.0/16"),
-        nri=dataclasses.replace(Config().nri, enable=True),
+        nri=dataclasses.replace(Config().nri, enable=False),
     )
     plan = plan_reload(Config(), loaded)
     assert plan.live == ["log_level"]
