@@ -42,15 +42,21 @@ class Latency:
         return cls(percentile(seconds, 0.5), percentile(seconds, 0.99), len(seconds))
 
 
-def time_calls(call: Callable[[], object], calls: int, warmup: int) -> list[float]:
-    """`calls` durations of `call`, one at a time, after `warmup` untimed ones."""
+def time_calls(
+    call: Callable[[], object], calls: int, warmup: int, budget_seconds: float = math.inf, at_least: int = 30
+) -> list[float]:
+    """`calls` durations of `call`, one at a time, after `warmup` untimed ones; fewer (but `at_least`)
+    when they take more than `budget_seconds` in all."""
     for _ in range(warmup):
         call()
-    seconds = []
+    seconds: list[float] = []
+    deadline = time.perf_counter() + budget_seconds
     for _ in range(calls):
         started = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - started)
+        if started > deadline and len(seconds) >= at_least:
+            break
     return seconds
 
 

@@ -4,9 +4,10 @@ daemon's memory at each step, and the removal of everything at the end.
 The steps (full run): 10, 20 and 100 pods of one container, then 5 containers in each of the
 100 pods (500). At each step, after `settle` idle seconds: the daemon's RSS and PSS and its
 monitors' (conmon per container, or a shim per pod), then `calls` timed calls of each kind, one
-at a time over one channel after `warmup` untimed ones. The list and stats calls answer with
-every pod or container; the status calls, ContainerStats and ListContainers of one pod answer
-with the same few entries at every step: their cost must not grow with the node (the growth table).
+at a time over one channel after `warmup` untimed ones (fewer, but 30, where they take more than
+`budget_seconds`, as the stats calls do at density). The list and stats calls answer with every
+pod or container; the status calls, ContainerStats and ListContainers of one pod answer with the
+same few entries at every step: their cost must not grow with the node (the growth table).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class DensityPlan:
     memory_pods: tuple[int, ...]
     calls: int
     warmup: int
+    # Seconds of timed calls of one kind at most (but 30 calls): the stats calls take long at density.
+    budget_seconds: float
     settle_seconds: float
     parallel: int
 
@@ -118,7 +121,7 @@ def _ramp(
         if step.containers_per_pod == 1:
             memory_at[step.pods] = (daemon, monitors)
         latencies = {
-            name: Latency.of(time_calls(call, plan.calls, plan.warmup))
+            name: Latency.of(time_calls(call, plan.calls, plan.warmup, plan.budget_seconds))
             for name, call in cri_calls(kubelet, pods).items()
         }
         for name, latency in latencies.items():

@@ -59,13 +59,13 @@ class Plan:
 FULL = Plan(
     serial_pods=20, crictl_pods=10, parallel_pods=(20, 50),
     density=DensityPlan(steps=(Step(10, 1), Step(20, 1), Step(100, 1), Step(100, 5)), memory_pods=(20, 100),
-                        calls=200, warmup=20, settle_seconds=5.0, parallel=4),
+                        calls=200, warmup=10, budget_seconds=8.0, settle_seconds=5.0, parallel=4),
     critest_samples=30, critest_parallel=2, pull_iterations=3, pull_concurrent=3, big_image_scale=1.0,
 )  # fmt: skip
 QUICK = Plan(
     serial_pods=3, crictl_pods=2, parallel_pods=(4, 8),
     density=DensityPlan(steps=(Step(2, 1), Step(4, 1), Step(4, 2)), memory_pods=(2, 4),
-                        calls=20, warmup=3, settle_seconds=0.5, parallel=4),
+                        calls=20, warmup=3, budget_seconds=2.0, settle_seconds=0.5, parallel=4),
     critest_samples=0, critest_parallel=1, pull_iterations=1, pull_concurrent=2, big_image_scale=0.03,
 )  # fmt: skip
 
