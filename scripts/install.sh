@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv runc crun conmon containernetworking-plugins iptables iproute2 util-linux)
-test_packages=(busybox-static docker-registry skopeo umoci curl dbus-daemon apparmor)
+test_packages=(busybox-static docker-registry skopeo umoci curl dbus-daemon apparmor criu)
 extras=""
 if [[ ${1:-} == --test ]]; then
   packages+=("${test_packages[@]}")
