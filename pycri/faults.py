@@ -29,6 +29,7 @@ KILL_POINTS: tuple[str, ...] = (
     "stop_container.signalled",  # the stop signal is sent
     "remove_container.intent",
     "remove_container.runtime",  # `runc delete` done, files still there
+    "checkpoint_container.paused",  # the container is frozen for CRIU, its staging dir made
     "stop_pod_sandbox.intent",
     "stop_pod_sandbox.containers",  # the pod's containers are stopped
     "stop_pod_sandbox.network",  # CNI DEL done

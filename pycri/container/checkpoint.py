@@ -5,6 +5,10 @@ As both of them do for Kubernetes' forensic checkpoints, the container goes on r
 paused (frozen) while CRIU dumps it and its rootfs changes are read, then resumed. CRIU must
 be usable on the host (checkpoint_criu.py); where it is not, the call fails with
 FAILED_PRECONDITION and CRIU's reason.
+
+The call's intent names the staging dir and the partial archive. Should pycri die on the way,
+recovery resumes the container (pycri never leaves one paused: recovery/start.py resumes any
+runc reports paused) and removes both files (discard_interrupted).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from pycri.container.checkpoint_archive import (
     CHECKPOINT_DIR,
     CONTAINER_LOG,
     CheckpointConfig,
+    partial_archive,
     rootfs_changes,
     write_archive,
     write_metadata,
@@ -36,11 +42,35 @@ from pycri.container.checkpoint_criu import require_criu
 from pycri.container.context import ContainerContext
 from pycri.container.views import container_status
 from pycri.errors import FailedPrecondition, InvalidArgument
+from pycri.faults import kill_point
 from pycri.oci.driver import runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.state.containers import ContainerRecord, ContainerState
+from pycri.state.intents import Intent
 
 log = logging.getLogger(__name__)
+
+INTENT = "checkpoint_container"
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """What a checkpoint writes before its archive is in place; its intent names them."""
+
+    staging: Path  # CRIU's images and the other members, under the container's layer dir
+    partial: Path  # the archive before its rename, beside the target
+
+    def to_plan(self) -> dict[str, str]:
+        return {"staging": str(self.staging), "partial": str(self.partial)}
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, str]) -> CheckpointFiles:
+        return cls(Path(plan["staging"]), Path(plan["partial"]))
+
+    def remove(self) -> None:
+        """Both, whichever exist (a blocking call)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.partial.unlink(missing_ok=True)
 
 
 def checked_location(location: str) -> Path:
@@ -75,25 +105,40 @@ async def _checkpoint(ctx: ContainerContext, container_id: str, location: Path, 
         state = record.state.value if record is not None else "removed"
         raise FailedPrecondition(f"container {container_id} is {state}; only a running container is checkpointed")
     runtime = ctx.runtime(record.runtime_handler)
-    layers = ctx.layer_dir(record.id)
-    staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="checkpoint-", dir=layers))
+    token = secrets.token_hex(6)
+    files = CheckpointFiles(ctx.layer_dir(record.id) / f"checkpoint-{token}", partial_archive(location, token))
+    staging = files.staging
+    intent = await ctx.intents.begin(INTENT, record.id, files.to_plan())
     try:
+        await asyncio.to_thread(staging.mkdir, 0o700)
         spec = json.loads(await asyncio.to_thread((ctx.bundle_dir(record.id) / "config.json").read_text))
         image = ctx.images.metadata.get(record.image_id)
         lowers = [ctx.images.snapshots.path(chain_id) for chain_id in (image.chain_ids if image else [])]
         await runtime.pause(record.id)
         try:
+            kill_point("checkpoint_container.paused")
             await runtime.checkpoint(record.id, staging / CHECKPOINT_DIR, staging, timeout)
             await asyncio.to_thread(_write_files, ctx, record, spec, lowers, staging)
         finally:
             await runtime.resume(record.id)
-        await asyncio.to_thread(write_archive, staging, location)
+        await asyncio.to_thread(write_archive, staging, location, files.partial)
     except OciRuntimeError as exc:
         raise runtime_error(exc, f"checkpoint container {record.id}") from exc
     finally:
-        await asyncio.to_thread(shutil.rmtree, staging, True)
+        await asyncio.shield(_remove_files(ctx, files, intent))
     fields = {"id": record.id, "location": str(location), "bytes": location.stat().st_size}
     log.info("checkpointed container", extra={"fields": fields})
+
+
+async def _remove_files(ctx: ContainerContext, files: CheckpointFiles, intent: Intent) -> None:
+    await asyncio.to_thread(files.remove)
+    await ctx.state.finish(intent)
+
+
+async def discard_interrupted(ctx: ContainerContext, intent: Intent) -> None:
+    """At start, for a checkpoint a crash cut short: its staging dir and partial archive go.
+    (The container, if still paused, was resumed when the containers were reconciled.)"""
+    await _remove_files(ctx, CheckpointFiles.from_plan(intent.plan), intent)
 
 
 def _write_files(

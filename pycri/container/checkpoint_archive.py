@@ -22,9 +22,8 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -109,6 +108,8 @@ class ArchiveMetadata:
     config: CheckpointConfig
     spec: dict[str, Any]
     status: dict[str, Any]
+    # bind.mounts: destination -> mode of each bind mount whose source was a file, not a directory
+    file_binds: dict[str, int] = field(default_factory=dict)
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -257,29 +258,34 @@ def _write_json(path: Path, value: Any) -> None:
         json.dump(value, out, indent=2)
 
 
-def write_archive(staging: Path, location: Path) -> None:
+def partial_archive(location: Path, token: str) -> Path:
+    """Where the archive for `location` is written before it is renamed into place: beside it,
+    hidden, named by `token` so two writers never share one."""
+    return location.with_name(f".{location.name}.{token}.partial")
+
+
+def write_archive(staging: Path, location: Path, partial: Path) -> None:
     """The staging dir's archive members as an uncompressed tar at `location`, replaced whole
-    (written beside it, then renamed); 0600: it holds every memory page of the processes."""
-    fd, partial = tempfile.mkstemp(prefix=f".{location.name}.", dir=location.parent)
+    (written to `partial` beside it, then renamed); 0600: it holds every memory page of the processes."""
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for name in ARCHIVE_MEMBERS:
                 if (staging / name).exists():
                     archive.add(staging / name, arcname=name)
-        os.chmod(partial, 0o600)
         os.rename(partial, location)
     except BaseException:
-        Path(partial).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
 
 
 def read_metadata(archive_path: Path) -> ArchiveMetadata:
-    """config.dump, spec.dump and status.dump of an archive, each read whole (at most 16 MiB)."""
+    """config.dump, spec.dump, status.dump and bind.mounts of an archive, each read whole (at most 16 MiB)."""
     found: dict[str, Any] = {}
     try:
         with tarfile.open(archive_path) as archive:
             for member in archive:
-                if member.name in (CONFIG_DUMP, SPEC_DUMP, STATUS_DUMP):
+                if member.name in (CONFIG_DUMP, SPEC_DUMP, STATUS_DUMP, BIND_MOUNTS):
                     found[member.name] = _member_json(archive, member)
     except (tarfile.TarError, OSError) as err:
         raise CheckpointArchiveError(f"{archive_path}: not a readable tar: {err}") from None
@@ -291,8 +297,30 @@ def read_metadata(archive_path: Path) -> ArchiveMetadata:
         raise CheckpointArchiveError(f"{SPEC_DUMP}: not an OCI spec")
     status = found.get(STATUS_DUMP)
     return ArchiveMetadata(
-        CheckpointConfig.from_json(found[CONFIG_DUMP]), spec, status if isinstance(status, dict) else {}
+        CheckpointConfig.from_json(found[CONFIG_DUMP]),
+        spec,
+        status if isinstance(status, dict) else {},
+        _file_binds(found.get(BIND_MOUNTS, [])),
     )
+
+
+def _file_binds(raw: Any) -> dict[str, int]:
+    """bind.mounts' file sources by destination, with their permission bits (CRI-O writes Go's
+    whole FileMode there, so type bits are dropped)."""
+    if not isinstance(raw, list):
+        raise CheckpointArchiveError(f"{BIND_MOUNTS}: not a list of bind mounts")
+    files: dict[str, int] = {}
+    for entry in raw:
+        destination = entry.get("destination") if isinstance(entry, dict) else None
+        kind = entry.get("file_type") if isinstance(entry, dict) else None
+        mode = entry.get("permissions", 0o644) if isinstance(entry, dict) else None
+        if not isinstance(destination, str) or kind not in ("file", "directory") or type(mode) is not int or mode < 0:
+            raise CheckpointArchiveError(
+                f"{BIND_MOUNTS}: {entry!r} is no bind mount (destination, file_type file or directory, permissions)"
+            )
+        if kind == "file":
+            files[destination] = mode & 0o777
+    return files
 
 
 def _member_json(archive: tarfile.TarFile, member: tarfile.TarInfo) -> Any:

@@ -6,7 +6,11 @@ it running and has nothing left to do.
 
 The request supplies what belongs to the new pod (metadata, mounts, resources, security); every
 bind mount the checkpointed container had must be among its mounts, or the processes would
-find their files gone (CRI-O's rule).
+find their files gone (CRI-O's rule). A missing mount source is made as CreateContainer makes
+one, except that a source the checkpointed container had as a file is made as a file.
+
+Nothing is pulled: the archive's base image must be present. That a container was restored is
+kept in its record (restored_from), not in anything the request could set.
 """
 
 from __future__ import annotations
@@ -29,10 +33,7 @@ from pycri.container.checkpoint_archive import (
 from pycri.container.checkpoint_criu import require_criu
 from pycri.container.context import ContainerContext
 from pycri.errors import InvalidArgument, NotFound
-from pycri.state.containers import ContainerRecord
 
-RESTORED_FROM = "io.pycri.checkpoint.restored-from"
-CHECKPOINTED_AT = "io.pycri.checkpoint.checkpointed-at"
 # Mounts pycri gives every container itself: the new pod's own, not asked of the request.
 _OWN_MOUNTS = frozenset(
     ("/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm")
@@ -44,12 +45,11 @@ _FIELD = "config.image.image"
 @dataclass(frozen=True)
 class Restore:
     archive: Path
-    # The request's config with the archive's base image and the restore annotations.
+    # The request's config with the archive's base image.
     config: api_pb2.ContainerConfig
-
-
-def is_restored(record: ContainerRecord) -> bool:
-    return RESTORED_FROM in record.config.annotations
+    # Host paths of the request's bind mounts whose source the checkpointed container had as a
+    # file, with its permission bits: made as files, not directories, when missing.
+    file_sources: dict[Path, int]
 
 
 def archive_named(config: api_pb2.ContainerConfig) -> Path | None:
@@ -81,15 +81,19 @@ async def plan_restore(ctx: ContainerContext, config: api_pb2.ContainerConfig) -
     if image is None:
         wanted = checkpointed.rootfs_image_name or checkpointed.rootfs_image_ref
         raise NotFound(
-            f"{_FIELD}: the image checkpoint {archive} was made from, {wanted!r}, is not here: pull it first"
+            f"{_FIELD}: checkpoint {archive} was made from image {wanted!r}, which is not present; "
+            f"a restore pulls nothing: pull {wanted!r} first"
         )
     _check_mounts(metadata.spec, config, archive)
     restored = api_pb2.ContainerConfig()
     restored.CopyFrom(config)
     restored.image.image = checkpointed.rootfs_image_name or image.id
-    restored.annotations[RESTORED_FROM] = str(archive)
-    restored.annotations[CHECKPOINTED_AT] = checkpointed.checkpointed.isoformat()
-    return Restore(archive, restored)
+    file_sources = {
+        Path(mount.host_path): metadata.file_binds[mount.container_path]
+        for mount in config.mounts
+        if not mount.image.image and mount.container_path in metadata.file_binds
+    }
+    return Restore(archive, restored, file_sources)
 
 
 def _check_mounts(spec: dict[str, object], config: api_pb2.ContainerConfig, archive: Path) -> None:

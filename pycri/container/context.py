@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,4 +83,8 @@ class ContainerContext:
         runtime.remove_conmon_files(record.id)
         for made in reversed(made_bind_sources):  # deepest first
             with contextlib.suppress(OSError):  # in use or no longer empty: it stays
-                made.rmdir()
+                info = made.lstat()
+                if stat.S_ISDIR(info.st_mode):
+                    made.rmdir()
+                elif stat.S_ISREG(info.st_mode) and info.st_size == 0:  # a file source (restores)
+                    made.unlink()

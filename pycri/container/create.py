@@ -4,11 +4,14 @@ container, then commit the record (and finish the intent) in one transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +59,19 @@ def _process_user(spec: dict[str, Any]) -> ProcessUser:
     return ProcessUser(int(user.get("uid", 0)), int(user.get("gid", 0)), tuple(user.get("additionalGids") or ()))
 
 
-def _make_bind_sources(sources: tuple[Path, ...]) -> None:
+def _make_bind_sources(sources: tuple[Path, ...], file_modes: Mapping[Path, int]) -> None:
+    """Directories, as containerd makes them; a source named in `file_modes` (one a restored
+    checkpoint had as a file, as CRI-O makes it) becomes an empty file with that mode."""
     for source in sources:
-        source.mkdir(parents=True, exist_ok=True)
+        if source not in file_modes:
+            source.mkdir(parents=True, exist_ok=True)
+            continue
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, file_modes[source])
+            finally:
+                os.close(fd)
 
 
 def _missing_with_parents(config: api_pb2.ContainerConfig) -> tuple[Path, ...]:
@@ -114,6 +127,7 @@ async def create_container(
         runtime_handler=sandbox.runtime_handler,
         cgroups_path=ctx.cgroups.container_path(sandbox.cgroup_parent, container_id),
         stop_signal=stop_signal(config, image.config),
+        restored_from=str(restore.archive) if restore is not None else "",
     )
     bind_sources = _missing_with_parents(config)
     plan = {"record": containers.to_plan(record), "bind_sources": [str(p) for p in bind_sources]}
@@ -169,7 +183,8 @@ async def _make(
         await asyncio.to_thread(hand_to_pod_root, userns, (layers,), (ctx.config.root_dir, layers.parent))
     await mount_leased(ctx.images, record.id, made.chain_ids, layers / "rootfs", layers, userns_path)
     spec_config = await mount_image_volumes(ctx.images, record.config, record.id, layers, userns_path)
-    await asyncio.to_thread(_make_bind_sources, made.bind_sources)
+    file_sources = made.restore.file_sources if made.restore is not None else {}
+    await asyncio.to_thread(_make_bind_sources, made.bind_sources, file_sources)
     paths = sandbox_paths(sandbox)
     if userns is not None and userns_path is not None:
         staged = await asyncio.to_thread(stage_idmapped_binds, spec_config, paths, userns, userns_path, layers)

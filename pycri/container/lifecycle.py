@@ -15,7 +15,6 @@ import signal
 import time
 
 from pycri.api import api_pb2
-from pycri.container.checkpoint_restore import is_restored
 from pycri.container.context import ContainerContext
 from pycri.errors import FailedPrecondition
 from pycri.faults import kill_point
@@ -49,7 +48,7 @@ async def start_container(ctx: ContainerContext, container_id: str) -> None:
     record = ctx.state.container(container_id)
     if record is None:
         return
-    if record.state is ContainerState.RUNNING and is_restored(record):
+    if record.state is ContainerState.RUNNING and record.restored_from:
         return  # restored from a checkpoint by CreateContainer: running since then
     if record.state is not ContainerState.CREATED:
         raise FailedPrecondition(f"container {record.id} is {record.state.value}, not created")

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pycri import telemetry
-from pycri.container import lifecycle
+from pycri.container import checkpoint, lifecycle
 from pycri.container.context import ContainerContext
 from pycri.container.create import INTENT as CREATE_INTENT
 from pycri.container.service import ContainerService
@@ -73,6 +73,7 @@ async def recover(
 
 _RUNTIME_KINDS = {
     CREATE_INTENT,
+    checkpoint.INTENT,
     lifecycle.START_INTENT,
     lifecycle.REMOVE_INTENT,
     sandbox_ops.RUN_INTENT,
@@ -108,11 +109,27 @@ async def _reconcile_containers(ctx: ContainerContext, rebooted: bool) -> None:
         if await lifecycle.take_exit(ctx, record.id):
             counts["exited"] += 1
             continue
-        change = _reconciled(record, runtime_states.get(record.id), rebooted)
+        runtime_state = runtime_states.get(record.id)
+        if runtime_state is not None and runtime_state.status is ContainerStatus.PAUSED:
+            counts["resumed"] += await _resume(ctx, record)
+        change = _reconciled(record, runtime_state, rebooted)
         if change is not None:
             await ctx.state.update_container(record.id, change)
             counts["changed"] += 1
     log.info("containers reconciled", extra={"fields": {"live": len(live), **counts}})
+
+
+async def _resume(ctx: ContainerContext, record: ContainerRecord) -> int:
+    """pycri pauses a container only while CRIU dumps it (CheckpointContainer), so one that is
+    paused now was left so by a crash: it runs on. 1 when resumed."""
+    fields = {"id": record.id}
+    try:
+        await ctx.runtime(record.runtime_handler).resume(record.id)
+    except OciRuntimeError as exc:
+        log.error("could not resume a container a crash left paused", extra={"fields": {**fields, "error": str(exc)}})
+        return 0
+    log.warning("resumed a container a crash left paused", extra={"fields": fields})
+    return 1
 
 
 def _reconciled(record: ContainerRecord, runtime_state: RuntimeState | None, rebooted: bool) -> ContainerChange | None:
@@ -175,6 +192,8 @@ async def _resolve_intents(containers: ContainerService, sandboxes: SandboxServi
                     await ctx.state.finish(intent)
             elif intent.kind == lifecycle.START_INTENT:
                 await ctx.state.finish(intent)  # the runtime's word was taken in by the reconcile
+            elif intent.kind == checkpoint.INTENT:
+                await checkpoint.discard_interrupted(ctx, intent)
             else:
                 await sandboxes.finish_interrupted(intent)
         except Exception:  # noqa: BLE001 - the intent stays for the next start; the others go on

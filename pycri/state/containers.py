@@ -91,6 +91,9 @@ class ContainerRecord:
     pid: int = 0
     pid_start_time: int = 0
     resources: api_pb2.LinuxContainerResources | None = None
+    # The checkpoint archive CreateContainer restored the container from (it runs from then on);
+    # pycri's own word, never taken from the request.
+    restored_from: str = ""
 
 
 def _move(record: ContainerRecord, to: ContainerState, **changes: Any) -> ContainerRecord:

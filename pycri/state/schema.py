@@ -126,4 +126,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE containers_v4 RENAME TO containers;
     CREATE INDEX containers_by_sandbox ON containers(sandbox_id);
     """,
+    # 5: the checkpoint archive a container was restored from (empty: created from an image).
+    """
+    ALTER TABLE containers ADD COLUMN restored_from TEXT NOT NULL DEFAULT ''
+    """,
 ]

@@ -18,7 +18,7 @@ import pytest
 
 from pycri.api import api_pb2
 from pycri.container.checkpoint_criu import criu_status
-from tests.support.pods import RUNNING, SLEEP_FOREVER, Workloads, container_config, shell, wait_until
+from tests.support.pods import CREATED, RUNNING, SLEEP_FOREVER, Workloads, container_config, shell, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,18 @@ def test_bad_requests_are_refused_before_criu_is_asked(work: Workloads, busybox:
     ):
         refused = _error(_checkpoint, work, container_id, location)
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and why in refused.details()
+
+
+def test_a_restore_annotation_set_by_the_client_has_no_effect(work: Workloads, busybox: str) -> None:
+    # That a container was restored is pycri's record, not an annotation a request could carry.
+    config = container_config("app", busybox, *SLEEP_FOREVER)
+    config.annotations["io.pycri.checkpoint.restored-from"] = "/var/lib/forged.tar"
+    container_id = work.create(work.pod("ckpt-forged"), config)
+    assert work.status(container_id).state == CREATED
+    work.start(container_id)
+    assert work.output(container_id, "echo", "alive") == "alive\n"
+    again = _error(work.start, container_id)
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION and "not created" in again.details()
 
 
 @without_criu

@@ -72,6 +72,11 @@ class FakeRuntime:
     async def start(self, container_id: str) -> None:
         self.status[container_id] = ContainerStatus.RUNNING
 
+    async def resume(self, container_id: str) -> None:
+        if self.status.get(container_id) is not ContainerStatus.PAUSED:
+            raise OciRuntimeError(f"runc resume {container_id}: container not paused", "not paused")
+        self.status[container_id] = ContainerStatus.RUNNING
+
     async def kill(self, container_id: str, signal_number: int) -> None:
         if self.status.get(container_id) in (ContainerStatus.CREATED, ContainerStatus.RUNNING):
             self.exit(container_id, 128 + signal_number)

@@ -20,6 +20,7 @@ from pycri.container.checkpoint_archive import (
     CheckpointArchiveError,
     CheckpointConfig,
     apply_rootfs_diff,
+    partial_archive,
     read_metadata,
     rootfs_changes,
     unpack_for_restore,
@@ -52,7 +53,7 @@ def staged_archive(tmp_path: Path, **extra: bytes) -> Path:
     for name, data in extra.items():
         (staging / name.replace("_", ".")).write_bytes(data)
     location = tmp_path / "out.tar"
-    write_archive(staging, location)
+    write_archive(staging, location, partial_archive(location, "t1"))
     return location
 
 
@@ -106,9 +107,33 @@ def test_bind_mounts_record_file_or_directory(tmp_path: Path) -> None:
         {"destination": "/gone", "type": "bind", "source": str(tmp_path / "gone")},
         {"destination": "/proc", "type": "proc", "source": "proc"},
     ]
+    (tmp_path / "file").chmod(0o640)
     write_metadata(staging, CONFIG, {"mounts": mounts}, {})
     binds = json.loads((staging / "bind.mounts").read_text())
     assert [(b["destination"], b["file_type"]) for b in binds] == [("/etc/hosts", "file"), ("/data", "directory")]
+    (staging / "checkpoint").mkdir()
+    write_archive(staging, tmp_path / "a.tar", partial_archive(tmp_path / "a.tar", "t2"))
+    assert read_metadata(tmp_path / "a.tar").file_binds == {"/etc/hosts": 0o640}
+
+
+def test_bind_mounts_as_cri_o_writes_them_keep_only_permission_bits(tmp_path: Path) -> None:
+    # Go's FileMode: ModeDir is bit 31; CRI-O stores the whole mode.
+    binds = [
+        {"source": "/srv/conf", "destination": "/etc/app.conf", "file_type": "file", "permissions": 0o100644},
+        {"source": "/srv/data", "destination": "/data", "file_type": "directory", "permissions": (1 << 31) | 0o755},
+    ]
+    members = {"config.dump": b'{"id": "x"}', "spec.dump": b"{}", "bind.mounts": json.dumps(binds).encode()}
+    assert read_metadata(tar_of(tmp_path, members)).file_binds == {"/etc/app.conf": 0o644}
+
+
+def test_a_partial_archive_already_there_is_not_overwritten(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    partial = partial_archive(tmp_path / "out.tar", "t3")
+    partial.write_text("another writer's")
+    with pytest.raises(FileExistsError):
+        write_archive(staging, tmp_path / "out.tar", partial)
+    assert partial.read_text() == "another writer's" and not (tmp_path / "out.tar").exists()
 
 
 @pytest.mark.parametrize(
@@ -117,6 +142,11 @@ def test_bind_mounts_record_file_or_directory(tmp_path: Path) -> None:
         ({"spec.dump": b"{}"}, "no config.dump"),
         ({"config.dump": b"[]", "spec.dump": b"{}"}, "config.dump: not a checkpoint config"),
         ({"config.dump": b'{"id": "x"}', "spec.dump": b"not json"}, "spec.dump: not JSON"),
+        ({"config.dump": b'{"id": "x"}', "spec.dump": b"{}", "bind.mounts": b"{}"}, "bind.mounts: not a list"),
+        (
+            {"config.dump": b'{"id": "x"}', "spec.dump": b"{}", "bind.mounts": b'[{"destination": "/a"}]'},
+            "bind.mounts: .* is no bind mount",
+        ),
     ],
 )
 def test_metadata_that_is_not_a_checkpoint_is_refused(tmp_path: Path, members: dict[str, bytes], message: str) -> None:

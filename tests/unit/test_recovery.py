@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pycri.container.checkpoint import INTENT as CHECKPOINT_INTENT
+from pycri.container.checkpoint import CheckpointFiles
+from pycri.container.checkpoint_archive import partial_archive
 from pycri.container.create import INTENT as CREATE_INTENT
 from pycri.container.lifecycle import REMOVE_INTENT, START_INTENT
 from pycri.oci.runtime import ContainerStatus
@@ -115,6 +118,31 @@ async def test_an_unfinished_pod_removal_is_finished(node: FakeNode, tmp_path: P
     again = await restart(node, tmp_path)
     assert again.sandboxes.find(sandbox_id) is None and again.containers.find(container_id) is None
     assert (again.rows("sandboxes"), again.rows("containers"), again.rows("intents")) == (0, 0, 0)
+
+
+async def test_a_container_left_paused_runs_on(node: FakeNode, tmp_path: Path) -> None:
+    _, container_id = await running_container(node)
+    node.runtime.status[container_id] = ContainerStatus.PAUSED  # pycri died while CRIU dumped it
+    again = await restart(node, tmp_path)
+    assert again.runtime.status[container_id] is ContainerStatus.RUNNING
+    assert again.containers.get(container_id).state is ContainerState.RUNNING
+
+
+async def test_an_unfinished_checkpoint_leaves_no_files_and_a_running_container(node: FakeNode, tmp_path: Path) -> None:
+    _, container_id = await running_container(node)
+    files = CheckpointFiles(
+        node.config.root_dir / "containers" / container_id / "checkpoint-1a2b",
+        partial_archive(tmp_path / "app.tar", "1a2b"),
+    )
+    (files.staging / "checkpoint").mkdir(parents=True)
+    (files.staging / "checkpoint" / "pages-1.img").write_bytes(b"\0" * 64)
+    files.partial.write_bytes(b"half an archive")
+    await node.intents.begin(CHECKPOINT_INTENT, container_id, files.to_plan())
+    node.runtime.status[container_id] = ContainerStatus.PAUSED
+    again = await restart(node, tmp_path)
+    assert not files.staging.exists() and not files.partial.exists() and again.rows("intents") == 0
+    assert again.runtime.status[container_id] is ContainerStatus.RUNNING
+    assert (node.config.root_dir / "containers" / container_id).is_dir()  # the container's own dirs stay
 
 
 async def test_an_exit_while_pycri_was_down_is_taken_in(node: FakeNode, tmp_path: Path) -> None:
