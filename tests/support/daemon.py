@@ -64,7 +64,10 @@ class PycriProcess:
             "log_level": "debug",
             "cni": {"conf_dir": str(self.base / "cni")},
             # NRI is on by default: each daemon gets its own socket and an empty plugin dir.
-            "nri": {"socket_path": str(self.base / "state" / "nri.sock"), "plugin_path": str(self.base / "nri-plugins")},
+            "nri": {
+                "socket_path": str(self.base / "state" / "nri.sock"),
+                "plugin_path": str(self.base / "nri-plugins"),
+            },
         }
         for key, value in self.settings.items():
             if isinstance(value, dict) and isinstance(table.get(key), dict):
