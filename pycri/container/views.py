@@ -70,6 +70,11 @@ def verbose_info(record: ContainerRecord, spec_path: Path) -> dict[str, str]:
     return {"info": json.dumps(info)}
 
 
+def no_record_filter(wanted: api_pb2.ContainerFilter) -> bool:
+    """No state, pod or label part: `matches` holds for every record."""
+    return not (wanted.HasField("state") or wanted.pod_sandbox_id or wanted.label_selector)
+
+
 def matches(record: ContainerRecord, wanted: api_pb2.ContainerFilter) -> bool:
     """ListContainers' filter: state, pod (id or prefix) and labels; the id is resolved by the caller."""
     if wanted.HasField("state") and record.state.proto != wanted.state.state:

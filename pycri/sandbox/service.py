@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pycri.api import api_pb2
@@ -30,17 +30,18 @@ from pycri.sandbox.context import SandboxContext, attachment, network_error
 from pycri.sandbox.files import write_hostname, write_hosts, write_resolv_conf
 from pycri.sandbox.plan import SandboxPlan, check_host_ports, plan_sandbox, port_mappings
 from pycri.sandbox.resources import limit_new_pod, pod_limits, update_pod_resources
-from pycri.sandbox.views import matches, sandbox_status, sandbox_summary, verbose_info
+from pycri.sandbox.views import matches, no_record_filter, sandbox_status, sandbox_summary, verbose_info
 from pycri.state import sandboxes
 from pycri.state.intents import Intent
 from pycri.state.sandboxes import SandboxRecord, SandboxState, reserved_name
-from pycri.state.views import ViewCache
+from pycri.state.views import ViewCache, repeated_field
 
 log = logging.getLogger(__name__)
 
 RUN_INTENT = "run_pod_sandbox"
 STOP_INTENT = "stop_pod_sandbox"
 REMOVE_INTENT = "remove_pod_sandbox"
+LIST_ENTRIES_FIELD = api_pb2.ListPodSandboxResponse.ITEMS_FIELD_NUMBER
 
 
 class SandboxService:
@@ -50,6 +51,9 @@ class SandboxService:
         self._locks = locks
         self._creating: dict[str, SandboxRecord] = {}  # reserved name -> the pod RunPodSandbox is making
         self._summaries: ViewCache[SandboxRecord, api_pb2.PodSandbox] = ViewCache(sandbox_summary)
+        self._encoded: ViewCache[SandboxRecord, bytes] = ViewCache(
+            lambda record: repeated_field(LIST_ENTRIES_FIELD, self._summaries.get(record))
+        )
         self._creates: PendingCreates[str] = PendingCreates(
             ctx.config.runtime.abandoned_create_grace, self.remove, "pod sandbox"
         )
@@ -80,12 +84,23 @@ class SandboxService:
         return sandbox_status(record), verbose_info(record) if verbose else {}
 
     def list(self, sandbox_filter: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
-        candidates: list[SandboxRecord] = list(self.ctx.state.sandboxes())
+        self._summaries.keep_only(self.ctx.state.sandbox_ids())
+        return [self._summaries.get(record) for record in self._candidates(sandbox_filter)]
+
+    def list_reply(self, sandbox_filter: api_pb2.PodSandboxFilter) -> bytes:
+        """ListPodSandboxResponse, serialised: joined from entries encoded once per record version."""
+        self._encoded.keep_only(self.ctx.state.sandbox_ids())
+        return b"".join(map(self._encoded.get, self._candidates(sandbox_filter)))
+
+    def _candidates(self, sandbox_filter: api_pb2.PodSandboxFilter) -> Sequence[SandboxRecord]:
         if sandbox_filter.id:
             found = find_quietly(self.find, sandbox_filter.id)
             candidates = [found] if found is not None else []
-        self._summaries.keep_only(self.ctx.state.sandbox_ids())
-        return [self._summaries.get(record) for record in candidates if matches(record, sandbox_filter)]
+        else:
+            candidates = list(self.ctx.state.sandboxes())
+        if no_record_filter(sandbox_filter):
+            return candidates
+        return [record for record in candidates if matches(record, sandbox_filter)]
 
     # ---- RunPodSandbox ----
 

@@ -68,6 +68,11 @@ def verbose_info(record: SandboxRecord) -> dict[str, str]:
     return {"info": json.dumps(info)}
 
 
+def no_record_filter(sandbox_filter: api_pb2.PodSandboxFilter) -> bool:
+    """No state or label part: `matches` holds for every record."""
+    return not (sandbox_filter.HasField("state") or sandbox_filter.label_selector)
+
+
 def matches(record: SandboxRecord, sandbox_filter: api_pb2.PodSandboxFilter) -> bool:
     """State and label parts of a ListPodSandbox filter (the id part is resolved by the service)."""
     if sandbox_filter.HasField("state") and sandbox_filter.state.state != record.state.proto:
