@@ -91,8 +91,10 @@ def pods_left(side: Side) -> int:
 
 
 class Suite:
-    def __init__(self, plan: Plan, results: Results, images: BenchImages, sides: list[Side], progress: Progress):
+    def __init__(self, plan: Plan, results: Results, images: BenchImages, sides: list[Side], progress: Progress,
+                 out: Path) -> None:  # fmt: skip
         self.plan, self.results, self.images, self.sides, self.progress = plan, results, images, sides, progress
+        self.out = out
         self.failures: list[str] = []
         self._turn = 0
 
@@ -111,6 +113,7 @@ class Suite:
             left = pods_left(side)
             if left:
                 print(f"WARNING: {side.name} still lists {left} pods after {name}", file=sys.stderr)
+        self.results.write_json(self.out / "results.json")  # what an interrupted run measured stays
 
     def idle_memory(self) -> None:
         time.sleep(IDLE_SETTLE_SECONDS)
@@ -200,9 +203,12 @@ def main() -> int:
         results.facts["peer"] = peer_note
         results.side_names.update({side.key: side.name for side in sides})
         results.side_names.setdefault("peer", "no peer")
-        suite = Suite(plan, results, images, sides, progress)
+        out.mkdir(parents=True, exist_ok=True)
+        results.facts["complete"] = False
+        suite = Suite(plan, results, images, sides, progress, out)
         suite.run(fresh)
         progress("done; removing what the run made")
+    results.facts["complete"] = True
     results.facts["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     results.facts["seconds"] = round(time.monotonic() - progress.started, 1)
     write_outputs(results, out)
