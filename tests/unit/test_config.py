@@ -29,7 +29,7 @@ def test_every_key_has_a_default(tmp_path: Path) -> None:
 
 
 def test_missing_default_file_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pycri.config.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    monkeypatch.setattr("pycri.config.load.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
     assert load_config(None) == Config()
 
 
@@ -186,7 +186,7 @@ toml_scalars = st.one_of(st.integers(), st.text(max_size=20), st.booleans(), st.
 
 @given(st.dictionaries(st.text(min_size=1, max_size=15), toml_scalars, max_size=4))
 def test_arbitrary_tables_load_or_fail_cleanly(table: dict[str, object]) -> None:
-    from pycri.config import _build
+    from pycri.config.load import _build
 
     with contextlib.suppress(ConfigError):
         _build(Config, table, prefix="")

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pycri.config import Config, HandlerConfig, _validate
+from pycri.config import Config, HandlerConfig
+from pycri.config.validate import validate
 from pycri.reload import changed_keys, plan_reload
 
 pytestmark = pytest.mark.unit
@@ -127,14 +128,14 @@ def configs(draw: st.DrawFn) -> Config:
             max_concurrent_downloads=draw(st.integers(1, 4)),
         ),
     )
-    _validate(config)
+    validate(config)
     return config
 
 
 @given(configs(), configs())
 def test_every_change_is_applied_or_kept_and_the_result_is_valid(running: Config, loaded: Config) -> None:
     plan = plan_reload(running, loaded)
-    _validate(plan.applied)
+    validate(plan.applied)
     assert len(plan.changes) == len(changed_keys(running, loaded))
     for change in plan.changes:
         assert change.running != change.configured
