@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import psutil
 
@@ -95,3 +96,31 @@ def _group_of(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a program run to its end left: its exit status and output."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+async def run_bounded(argv: Sequence[str], timeout: float, stdin: bytes | None = None) -> Finished:
+    """Run `argv` in a session of its own and wait for it; after `timeout` seconds, or when the caller
+    is cancelled, the whole session is killed (TimeoutError, or the cancellation, goes on up)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except BaseException:
+        await asyncio.shield(kill_session(proc))
+        raise
+    assert proc.returncode is not None
+    return Finished(proc.returncode, stdout, stderr)

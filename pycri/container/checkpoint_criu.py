@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 
 from pycri.errors import FailedPrecondition
-from pycri.process_exit import kill_session
+from pycri.process_exit import run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,8 @@ async def _probe() -> CriuStatus:
 
 
 async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), PROBE_SECONDS)
+        done = await run_bounded(argv, PROBE_SECONDS)
     except TimeoutError:
-        await kill_session(proc)
         return -1, f"no answer within {PROBE_SECONDS}s"
-    assert proc.returncode is not None
-    return proc.returncode, output.decode(errors="replace")
+    return done.returncode, (done.stdout + done.stderr).decode(errors="replace")

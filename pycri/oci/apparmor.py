@@ -7,12 +7,12 @@ runtime's status says so.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from importlib import resources
 from pathlib import Path
 
 from pycri.oci.spec_security import APPARMOR_DEFAULT_PROFILE
+from pycri.process_exit import run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +36,12 @@ async def compile_profile(text: str, parser: Path, load: bool, timeout: float) -
     args = [str(parser), "--replace" if load else "--skip-kernel-load", "--skip-cache"]
     if not load:
         args.append("--skip-read-cache")
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
     try:
-        _, stderr = await asyncio.wait_for(proc.communicate(text.encode()), timeout)
+        done = await run_bounded(args, timeout, stdin=text.encode())
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise RuntimeError(f"{parser} did not finish in {timeout:g}s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"{parser}: {stderr.decode(errors='replace').strip() or f'exit {proc.returncode}'}")
+    if done.returncode != 0:
+        raise RuntimeError(f"{parser}: {done.stderr.decode(errors='replace').strip() or f'exit {done.returncode}'}")
 
 
 async def load_default_profile(parser: Path, timeout: float) -> str:

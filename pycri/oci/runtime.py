@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pycri.process_exit import exit_status, kill_session
+from pycri.process_exit import exit_status, kill_session, run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -349,31 +349,19 @@ class OciRuntime:
         os.close(fd)
         log_file = Path(log_name)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._command(log_file, args),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
             try:
-                stdout, stderr = await asyncio.wait_for(proc.communicate(), seconds)
+                done = await run_bounded(self._command(log_file, args), seconds)
             except TimeoutError:
-                await kill_session(proc)
                 log.warning("runtime call timed out", extra={"fields": {"call": what, "seconds": seconds}})
                 raise RuntimeTimeout(
                     f"{what}: no answer within {seconds}s; the runtime was killed", "timeout"
                 ) from None
-            except BaseException:
-                await asyncio.shield(kill_session(proc))
-                raise
             error_line = last_error_line(log_file.read_text())
         finally:
             log_file.unlink(missing_ok=True)
-        assert proc.returncode is not None
-        if proc.returncode == 0:
-            return ExecResult(proc.returncode, stdout, stderr)
-        detail = error_line or stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        if done.returncode == 0:
+            return ExecResult(done.returncode, done.stdout, done.stderr)
+        detail = error_line or done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
         message = f"{what}: {detail}"
         if container_id is not None and not (self.handler.root / container_id).exists():
             raise ContainerNotFoundError(message, detail)
