@@ -6,9 +6,15 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support.busybox_images import TestImages, build_test_images
 from tests.support.registry import LocalRegistry, registry_available
+
+
+# No timed assertions: these machines are shared and noisy, so property tests get no per-example deadline.
+settings.register_profile("pycri", deadline=None)
+settings.load_profile("pycri")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
