@@ -11,7 +11,6 @@ from hypothesis import settings
 from tests.support.busybox_images import TestImages, build_test_images
 from tests.support.registry import LocalRegistry, registry_available
 
-
 # No timed assertions: these machines are shared and noisy, so property tests get no per-example deadline.
 settings.register_profile("pycri", deadline=None)
 settings.load_profile("pycri")
