@@ -45,11 +45,34 @@ def pycri_command() -> list[str]:
     return [str(script)] if is_executable(script) else [sys.executable, "-m", "pycri"]
 
 
+# What systemd refuses in the program path of ExecStart= (string_is_safe: control characters and
+# backslash and quotes), and the C escapes it reads in the arguments.
+_UNSAFE_IN_PROGRAM = re.compile(r"[\x00-\x1f\x7f\\'\"]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _exec_words(args: list[str]) -> str:
+    """`args` as an ExecStart= value. systemd takes shell-style quotes there but reads more than a
+    shell would: "%" starts a specifier everywhere ("%%"), and in the arguments after the program
+    C escapes apply inside quotes too (a backslash is doubled, a control character written \\xNN)
+    and "$" starts a variable ("$$"). The program path is taken literally, and one with a
+    backslash, quote or control character is refused by systemd: InstallError."""
+    program, *rest = args
+    if _UNSAFE_IN_PROGRAM.search(program):
+        raise InstallError(
+            f"systemd runs no program whose path has a backslash, quote or control character: {program!r}"
+        )
+    words = [shlex.quote(program).replace("%", "%%")]
+    for arg in rest:
+        quoted = _CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", shlex.quote(arg).replace("\\", "\\\\"))
+        words.append(quoted.replace("%", "%%").replace("$", "$$"))
+    return " ".join(words)
+
+
 def render_unit(command: list[str], config: Path | None) -> str:
     """The shipped unit with ExecStart running `command [--config PATH] serve`."""
     args = [*command, *(["--config", str(config.absolute())] if config is not None else []), "serve"]
-    # systemd takes shell-style quoting in ExecStart; "%" starts a specifier and is written "%%".
-    exec_start = "ExecStart=" + shlex.join(args).replace("%", "%%")
+    exec_start = "ExecStart=" + _exec_words(args)
     unit, count = re.subn(r"(?m)^ExecStart=.*$", lambda _: exec_start, shipped_unit())
     if count != 1:
         raise InstallError(f"the shipped {UNIT_NAME} has {count} ExecStart lines, expected one")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pycri import service_unit
 from pycri.cli import main
@@ -49,6 +54,84 @@ def test_exec_start_runs_this_pycri_with_its_config(tmp_path: Path) -> None:
         "serve",
     ]
     assert "ExecStart=/usr/bin/pycri serve" in unit_lines(render_unit(["/usr/bin/pycri"], None))
+
+
+def systemd_exec_argv(value: str) -> list[str]:
+    """An ExecStart= value as systemd.service(5) and systemd.unit(5) say it is read: "%%" is "%"
+    (other specifiers are not expected here), the value is split into words with single or double
+    quotes and C escapes, and in every word after the program "$$" is "$"."""
+    assert re.fullmatch(r"(?:[^%]|%%)*", value), f"a specifier in {value!r}"
+    text = value.replace("%%", "%")
+    words: list[str] = []
+    position = 0
+    while position < len(text):
+        if text[position] == " ":
+            position += 1
+            continue
+        word, quote = "", ""
+        while position < len(text) and (quote or text[position] != " "):
+            char = text[position]
+            if char in "'\"" and not quote:
+                quote = char
+            elif char == quote:
+                quote = ""
+            elif char == "\\":
+                escape = text[position + 1]
+                if escape == "x":
+                    word += chr(int(text[position + 2 : position + 4], 16))
+                    position += 2
+                else:
+                    word += {"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}[escape]
+                position += 1
+            else:
+                word += char
+            position += 1
+        assert not quote, f"unbalanced quotes in {value!r}"
+        words.append(word)
+    program, *rest = words
+    for arg in rest:
+        assert re.fullmatch(r"(?:[^$]|\$\$)*", arg), f"a variable in {arg!r}"
+    return [program, *(arg.replace("$$", "$") for arg in rest)]
+
+
+def exec_start_of(unit: str) -> str:
+    """The ExecStart= value, the unit split into lines as systemd splits it (not at U+0085 and the like)."""
+    (line,) = [line for line in unit.split("\n") if line.startswith("ExecStart=")]
+    return line.removeprefix("ExecStart=")
+
+
+PROGRAMS = st.text(st.sampled_from("/ab9_-.%$ :;"), min_size=1).map(lambda tail: "/opt/" + tail)
+PATHS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1)
+
+
+@given(PROGRAMS, PATHS)
+def test_exec_start_keeps_every_argument_as_systemd_reads_it(program: str, config: str) -> None:
+    unit = render_unit([program, "-m", "pycri"], Path("/etc") / config.replace("/", "_"))
+    assert systemd_exec_argv(exec_start_of(unit)) == [
+        program, "-m", "pycri", "--config", str(Path("/etc") / config.replace("/", "_")), "serve"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("program", ["/opt/a\\b/pycri", "/opt/it's/pycri", "/opt/a\nb/pycri"])
+def test_a_program_path_systemd_refuses_is_an_install_error(program: str) -> None:
+    with pytest.raises(InstallError, match="backslash, quote or control character"):
+        render_unit([program], None)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_itself_finds_the_program_and_nothing_to_warn_about(tmp_path: Path) -> None:
+    # The program must exist under its decoded name; the arguments must hold no unknown escape,
+    # specifier or unbalanced quote (systemd-analyze says so on stderr).
+    program = tmp_path / "dollar$HOME percent%n" / "pycri"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    unit = tmp_path / "pycri.service"
+    unit.write_text(render_unit([str(program)], tmp_path / "x$y%z\\w\n'\"q.toml"))
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=120
+    )
+    assert (verified.returncode, verified.stderr) == (0, "")
 
 
 def test_the_command_is_the_script_beside_the_interpreter() -> None:
