@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -193,31 +193,56 @@ def write_rootfs_diff(upper: Path, changes: RootfsChanges, staging: Path) -> Non
 def apply_rootfs_diff(archive_dir: Path, rootfs: Path) -> None:
     """Unpack rootfs-diff.tar over the mounted rootfs and remove deleted.files from it; nothing
     is written outside `rootfs` (a path leading out through a symlink is refused)."""
+    root = os.path.realpath(rootfs)
     diff = archive_dir / ROOTFS_DIFF
     if diff.exists():
         try:
             with tarfile.open(diff) as archive:
-                archive.extractall(rootfs, filter=_rootfs_member)
+                archive.extractall(rootfs, members=_cleared_members(archive, root), filter=_rootfs_member)
         except tarfile.TarError as err:
             raise CheckpointArchiveError(f"{ROOTFS_DIFF}: {err}") from None
     deleted_path = archive_dir / DELETED_FILES
     deleted = json.loads(deleted_path.read_text()) if deleted_path.exists() else []
     if not isinstance(deleted, list) or not all(isinstance(path, str) for path in deleted):
         raise CheckpointArchiveError(f"{DELETED_FILES}: not a list of paths")
-    root = os.path.realpath(rootfs)
     for path in deleted:
-        components = path.lstrip("/").split("/")
-        if any(part in ("", ".", "..") for part in components):
+        final = _in_rootfs(root, path, DELETED_FILES)
+        if final is None:
             raise CheckpointArchiveError(f"{DELETED_FILES}: {path!r} is not a plain path in the rootfs")
-        target = os.path.join(root, *components)
-        parent = os.path.realpath(os.path.dirname(target))
-        if parent != root and not parent.startswith(root + os.sep):
-            raise CheckpointArchiveError(f"{DELETED_FILES}: {path!r} leads out of the rootfs")
-        final = os.path.join(parent, os.path.basename(target))
-        if os.path.isdir(final) and not os.path.islink(final):
-            shutil.rmtree(final)
-        elif os.path.lexists(final):
-            os.unlink(final)
+        _remove(final)
+
+
+def _in_rootfs(root: str, path: str, member: str) -> str | None:
+    """Where `path` (relative to the rootfs, "." and empty components aside) lies below `root`,
+    its parent dirs resolved and its last component not: None for the rootfs itself. A ".."
+    component, or a parent that leads out of the rootfs, is a CheckpointArchiveError."""
+    components = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in components:
+        raise CheckpointArchiveError(f"{member}: {path!r} is not a plain path in the rootfs")
+    if not components:
+        return None
+    parent = os.path.realpath(os.path.join(root, *components[:-1]))
+    if parent != root and not parent.startswith(root + os.sep):
+        raise CheckpointArchiveError(f"{member}: {path!r} leads out of the rootfs")
+    return os.path.join(parent, components[-1])
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _cleared_members(archive: tarfile.TarFile, root: str) -> Iterator[tarfile.TarInfo]:
+    """The diff's members, each once what the merged rootfs has at its path is out of its way:
+    a lower layer's symlink the container replaced is removed, never written through (that
+    would land wherever it points), and so is a lower dir the container replaced by a file."""
+    for member in archive:
+        final = _in_rootfs(root, member.name, ROOTFS_DIFF)
+        if final is not None and not (member.isdir() and os.path.isdir(final) and not os.path.islink(final)):
+            _remove(final)
+        yield member
 
 
 def _rootfs_member(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:

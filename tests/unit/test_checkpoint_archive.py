@@ -257,9 +257,61 @@ def test_diff_cannot_write_through_a_symlink_out_of_the_rootfs(tmp_path: Path) -
     staging = tmp_path / "staging"
     staging.mkdir()
     tar_of(staging, {"etc/passwd": b"owned"}, name="rootfs-diff.tar")
-    with pytest.raises(CheckpointArchiveError, match="rootfs-diff.tar: .*outside the destination"):
+    with pytest.raises(CheckpointArchiveError, match="rootfs-diff.tar: 'etc/passwd' leads out of the rootfs"):
         apply_rootfs_diff(staging, rootfs)
     assert not (outside / "passwd").exists()
+
+
+def tar_with(path: Path, *members: tuple[str, bytes | None]) -> None:
+    """A tar of regular files and (data None) directories, in the order given."""
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                archive.addfile(info, io.BytesIO(data))
+
+
+def test_a_file_that_replaced_a_lower_symlink_replaces_it_on_restore(tmp_path: Path) -> None:
+    # The merged rootfs still has the image's symlinks where the container put a file or a dir of
+    # its own: the restore must replace each one, never write through it.
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "app.conf.default").write_text("image's default\n")
+    (rootfs / "etc" / "app.conf").symlink_to("app.conf.default")
+    (rootfs / "usr" / "opt-real").mkdir(parents=True)
+    (rootfs / "opt").symlink_to("usr/opt-real")
+    (rootfs / "srv" / "data").mkdir(parents=True)  # a lower dir the container replaced by a file
+    (rootfs / "srv" / "data" / "old").write_text("lower\n")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    tar_with(
+        staging / "rootfs-diff.tar",
+        ("etc", None), ("opt", None), ("srv", None),
+        ("etc/app.conf", b"the container's own\n"), ("opt/tool", b"tool\n"), ("srv/data", b"now a file\n"),
+    )  # fmt: skip
+    apply_rootfs_diff(staging, rootfs)
+    conf = rootfs / "etc" / "app.conf"
+    assert not conf.is_symlink() and conf.read_text() == "the container's own\n"
+    assert (rootfs / "etc" / "app.conf.default").read_text() == "image's default\n"
+    assert not (rootfs / "opt").is_symlink() and (rootfs / "opt" / "tool").read_text() == "tool\n"
+    assert list((rootfs / "usr" / "opt-real").iterdir()) == []
+    assert (rootfs / "srv" / "data").read_text() == "now a file\n"
+
+
+def test_a_member_that_climbs_out_is_refused_before_anything_is_removed(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (tmp_path / "victim").write_text("keep")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    tar_with(staging / "rootfs-diff.tar", ("../victim", b"owned"))
+    with pytest.raises(CheckpointArchiveError, match="not a plain path"):
+        apply_rootfs_diff(staging, rootfs)
+    assert (tmp_path / "victim").read_text() == "keep"
 
 
 SEGMENTS = st.sampled_from(["..", ".", "a", "link", "sentinel", ""])
