@@ -35,6 +35,7 @@ from pycri.state.intents import IntentLog
 from pycri.state.memory import StateStore
 from pycri.state.store import Store, make_private_dir
 from pycri.stream.service import StreamService
+from pycri.userns.layout import open_for_pod_roots
 from pycri.userns.mounts import idmap_problem
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class Daemon:
         for name, runtime in self.runtimes.items():
             handler = self.config.runtime.handlers[name]
             self.handler_features[name] = await _handler_features(runtime, handler, self.idmap_problem is None)
+        await self._open_for_pod_roots()
         await self.containers.ctx.nri.start()  # plugins synchronize with the recovered pods and containers
         await self.streams.start()
 
@@ -187,11 +189,19 @@ class Daemon:
         self.images.reconfigure(config)
         self.runtimes.update(added)
         self.handler_features.update(features)
+        if features:
+            await self._open_for_pod_roots()
         self.containers.ctx.config = config
         self.sandboxes.ctx.config = config
         self.sandboxes.ctx.pause.reconfigure(config)
         self.config = config
         self._host_info = None
+
+    async def _open_for_pod_roots(self) -> None:
+        """Where a handler offers user namespaces, the pods' roots must walk to their rootfs: the root
+        dir and the user-namespace subtree become search-only for others (pycri.userns.layout)."""
+        if any(features.user_namespaces for features in self.handler_features.values()):
+            await asyncio.to_thread(open_for_pod_roots, self.config.root_dir)
 
     def host_info(self) -> HostInfo:
         """Versions of the host's binaries, read once (they only change with a package upgrade)."""

@@ -42,9 +42,8 @@ def _apply(spec: dict[str, Any], edits: ContainerEdits) -> None:
     for node in edits.device_nodes:
         _add_device_node(process, linux, node)
     if edits.mounts:
-        idmapped = any(namespace.get("type") == "user" for namespace in linux.get("namespaces") or [])
         for mount in edits.mounts:
-            _add_mount(spec, mount, idmapped)
+            _add_mount(spec, mount)
         spec["mounts"].sort(key=lambda entry: posixpath.normpath(entry["destination"]).count("/"))
     for hook in edits.hooks:
         spec.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(_oci_hook(hook))
@@ -115,21 +114,16 @@ def _add_device_node(process: dict[str, Any], linux: dict[str, Any], given: Devi
         linux.setdefault("resources", {}).setdefault("devices", []).append(rule)
 
 
-def _add_mount(spec: dict[str, Any], mount: Mount, idmapped: bool) -> None:
+def _add_mount(spec: dict[str, Any], mount: Mount) -> None:
     mounts: list[dict[str, Any]] = spec.setdefault("mounts", [])
     mounts[:] = [existing for existing in mounts if existing.get("destination") != mount.container_path]
     entry: dict[str, Any] = {"destination": mount.container_path, "source": mount.host_path}
     if mount.type:
         entry["type"] = mount.type
-    options = list(mount.options)
-    if idmapped and not {"idmap", "ridmap"} & set(options):
-        # In a user namespace a bind mount is ID-mapped, or its files show as nobody.
-        if "rbind" in options:
-            options.append("ridmap")
-        elif "bind" in options or mount.type == "bind":
-            options.append("idmap")
-    if options:
-        entry["options"] = options
+    # In a pod's user namespace CreateContainer stages the bind ID-mapped (pycri.userns.mounts):
+    # runc 1.1 knows no idmap option.
+    if mount.options:
+        entry["options"] = list(mount.options)
     mounts.append(entry)
 
 

@@ -4,7 +4,9 @@ written as the checkpoint archive CRI-O and containerd write (checkpoint_archive
 As both of them do for Kubernetes' forensic checkpoints, the container goes on running: it is
 paused (frozen) while CRIU dumps it and its rootfs changes are read, then resumed. CRIU must
 be usable on the host (checkpoint_criu.py); where it is not, the call fails with
-FAILED_PRECONDITION and CRIU's reason.
+FAILED_PRECONDITION and CRIU's reason. A container in its pod's user namespace is refused
+(FAILED_PRECONDITION) before CRIU is asked: its rootfs changes are owned by host IDs, and
+nothing would map them back into another pod's range on restore.
 
 The call's intent names the staging dir and the partial archive. Should pycri die on the way,
 recovery resumes the container (pycri never leaves one paused: recovery/start.py resumes any
@@ -38,7 +40,6 @@ from pycri.container.checkpoint_archive import (
     write_metadata,
     write_rootfs_diff,
 )
-from pycri.container.checkpoint_criu import require_criu
 from pycri.container.context import ContainerContext
 from pycri.container.views import container_status
 from pycri.errors import FailedPrecondition, InvalidArgument
@@ -47,6 +48,7 @@ from pycri.oci.driver import runtime_error
 from pycri.oci.runtime import OciRuntimeError
 from pycri.state.containers import ContainerRecord, ContainerState
 from pycri.state.intents import Intent
+from pycri.userns.mappings import in_pod_user_namespace
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,12 @@ async def checkpoint_container(
     if timeout < 0:
         raise InvalidArgument(f"timeout: {timeout} is negative")
     path = checked_location(location)
-    await require_criu(f"checkpoint container {record.id}")
+    if in_pod_user_namespace(record.config):
+        raise FailedPrecondition(
+            f"checkpoint container {record.id}: it runs in its pod's user namespace, and pycri cannot "
+            "checkpoint such a container yet (its rootfs changes hold host IDs that a restore would not map back)"
+        )
+    await ctx.criu.require(f"checkpoint container {record.id}")
     await locks.run(record.id, lambda: _checkpoint(ctx, record.id, path, float(timeout) if timeout else None))
 
 
@@ -106,7 +113,8 @@ async def _checkpoint(ctx: ContainerContext, container_id: str, location: Path, 
         raise FailedPrecondition(f"container {container_id} is {state}; only a running container is checkpointed")
     runtime = ctx.runtime(record.runtime_handler)
     token = secrets.token_hex(6)
-    files = CheckpointFiles(ctx.layer_dir(record.id) / f"checkpoint-{token}", partial_archive(location, token))
+    layers = ctx.layer_dir(record.id, record.config)
+    files = CheckpointFiles(layers / f"checkpoint-{token}", partial_archive(location, token))
     staging = files.staging
     intent = await ctx.intents.begin(INTENT, record.id, files.to_plan())
     try:
@@ -158,7 +166,7 @@ def _write_files(
     status = MessageToDict(container_status(record), preserving_proto_field_name=True, use_integers_for_enums=True)
     write_metadata(staging, config, spec, status)
     mount_points = [mount["destination"] for mount in spec.get("mounts") or []]
-    upper = ctx.layer_dir(record.id) / "upper"
+    upper = ctx.layer_dir(record.id, record.config) / "upper"
     write_rootfs_diff(upper, rootfs_changes(upper, lowers, mount_points), staging)
     with contextlib.suppress(FileNotFoundError):
         shutil.copyfile(record.log_path, staging / CONTAINER_LOG)

@@ -1,5 +1,5 @@
 """Is CRIU usable on this host? `criu --version` (at least 3.16, what containerd asks for) and
-`criu check`, asked once per daemon: neither the binary nor the kernel changes under it. A
+`criu check`, asked once per daemon (Criu): neither the binary nor the kernel changes under it. A
 checkpoint or restore on a host where CRIU is unusable fails with FAILED_PRECONDITION and
 CRIU's own words, never a fake success."""
 
@@ -27,29 +27,35 @@ class CriuStatus:
     version: str = ""
 
 
-_status: CriuStatus | None = None
-_probing = asyncio.Lock()
+class Criu:
+    """The host's CRIU as one daemon knows it: probed on first use, then kept. The lock that
+    makes concurrent first calls share one probe is made then too, on the loop that asks."""
+
+    def __init__(self) -> None:
+        self._status: CriuStatus | None = None
+        self._probing: asyncio.Lock | None = None
+
+    async def status(self) -> CriuStatus:
+        if self._status is None:
+            if self._probing is None:
+                self._probing = asyncio.Lock()
+            async with self._probing:
+                if self._status is None:
+                    self._status = await probe_criu()
+                    fields = {"usable": self._status.usable, "reason": self._status.reason}
+                    log.info("criu probed", extra={"fields": fields})
+        return self._status
+
+    async def require(self, what: str) -> CriuStatus:
+        """FAILED_PRECONDITION naming `what` and the reason when CRIU cannot be used here."""
+        status = await self.status()
+        if not status.usable:
+            raise FailedPrecondition(f"{what}: CRIU is not usable on this host: {status.reason}")
+        return status
 
 
-async def criu_status() -> CriuStatus:
-    """The host's CRIU, probed on first use."""
-    global _status
-    async with _probing:
-        if _status is None:
-            _status = await _probe()
-            log.info("criu probed", extra={"fields": {"usable": _status.usable, "reason": _status.reason}})
-        return _status
-
-
-async def require_criu(what: str) -> CriuStatus:
-    """FAILED_PRECONDITION naming `what` and the reason when CRIU cannot be used here."""
-    status = await criu_status()
-    if not status.usable:
-        raise FailedPrecondition(f"{what}: CRIU is not usable on this host: {status.reason}")
-    return status
-
-
-async def _probe() -> CriuStatus:
+async def probe_criu() -> CriuStatus:
+    """Ask the host's criu now: its version, then `criu check`."""
     criu = shutil.which("criu")
     if criu is None:
         return CriuStatus(False, "the criu binary is not installed (Debian package criu)")

@@ -9,7 +9,9 @@ bind mount the checkpointed container had must be among its mounts, or the proce
 find their files gone (CRI-O's rule). A missing mount source is made as CreateContainer makes
 one, except that a source the checkpointed container had as a file is made as a file.
 
-Nothing is pulled: the archive's base image must be present. That a container was restored is
+Nothing is pulled: the archive's base image must be present. Neither a pod with a user
+namespace of its own nor an archive checkpointed in one is taken (FAILED_PRECONDITION): the
+rootfs changes hold host IDs, and pycri does not shift them. That a container was restored is
 kept in its record (restored_from), not in anything the request could set.
 """
 
@@ -30,9 +32,10 @@ from pycri.container.checkpoint_archive import (
     read_metadata,
     unpack_for_restore,
 )
-from pycri.container.checkpoint_criu import require_criu
 from pycri.container.context import ContainerContext
-from pycri.errors import InvalidArgument, NotFound
+from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
+from pycri.state.sandboxes import SandboxRecord
+from pycri.userns.mappings import in_pod_user_namespace
 
 # Mounts pycri gives every container itself: the new pod's own, not asked of the request.
 _OWN_MOUNTS = frozenset(
@@ -60,18 +63,32 @@ def archive_named(config: api_pb2.ContainerConfig) -> Path | None:
     return Path(image)
 
 
-async def plan_restore(ctx: ContainerContext, config: api_pb2.ContainerConfig) -> Restore | None:
+async def plan_restore(
+    ctx: ContainerContext, sandbox: SandboxRecord, config: api_pb2.ContainerConfig
+) -> Restore | None:
     """None for an ordinary image; for an archive, the config to create the container from.
-    FAILED_PRECONDITION where CRIU is unusable, INVALID_ARGUMENT for an archive that is no
-    checkpoint or a request that lacks its bind mounts, NOT_FOUND while its image is not pulled."""
+    FAILED_PRECONDITION where CRIU is unusable or a user namespace is involved, INVALID_ARGUMENT
+    for an archive that is no checkpoint or a request that lacks its bind mounts, NOT_FOUND
+    while its image is not pulled."""
     archive = archive_named(config)
     if archive is None:
         return None
-    await require_criu(f"restore a container from {archive}")
+    if sandbox.user_namespace is not None or in_pod_user_namespace(config):
+        raise FailedPrecondition(
+            f"{_FIELD}: restoring {archive} into a pod with a user namespace of its own is not supported: "
+            "the archive's files would keep the host IDs they had, not the pod's"
+        )
+    await ctx.criu.require(f"restore a container from {archive}")
     try:
         metadata = await asyncio.to_thread(read_metadata, archive)
     except CheckpointArchiveError as err:
         raise InvalidArgument(f"{_FIELD}: {err}") from None
+    linux = metadata.spec.get("linux")
+    if isinstance(linux, dict) and linux.get("uidMappings"):
+        raise FailedPrecondition(
+            f"{_FIELD}: {archive} was checkpointed in a user namespace; its files hold that pod's host IDs, "
+            "which pycri does not shift on restore"
+        )
     checkpointed = metadata.config
     image = None
     for reference in (checkpointed.rootfs_image_ref, checkpointed.rootfs_image_name):

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pycri.api import api_pb2
 from pycri.cgroups import CgroupManager
 from pycri.config import Config
+from pycri.container.checkpoint_criu import Criu
 from pycri.container.image_mounts import unmount_image_volumes
 from pycri.image import overlay
 from pycri.image.service import ImageService
@@ -26,6 +28,8 @@ from pycri.oci.driver import ContainerRuntime
 from pycri.state.containers import ContainerRecord
 from pycri.state.intents import IntentLog
 from pycri.state.memory import StateStore
+from pycri.userns.layout import container_layers
+from pycri.userns.mappings import in_pod_user_namespace
 from pycri.userns.mounts import unstage_idmapped_binds
 
 log = logging.getLogger(__name__)
@@ -46,12 +50,16 @@ class ContainerContext:
     cgroups: CgroupManager
     own_oom_score_adj: int
     nri: Nri = field(default_factory=Nri)
+    criu: Criu = field(default_factory=Criu)  # asked on the first checkpoint or restore
 
     def runtime(self, handler: str) -> ContainerRuntime:
         return self.runtimes[handler]
 
-    def layer_dir(self, container_id: str) -> Path:
-        """The rootfs mount, its upper and work dirs, image volume mounts (under the root dir)."""
+    def layer_dir(self, container_id: str, config: api_pb2.ContainerConfig) -> Path:
+        """The rootfs mount, its upper and work dirs, image volume mounts (under the root dir; for
+        a container in its pod's user namespace, in the subtree the pod's root may walk)."""
+        if in_pod_user_namespace(config):
+            return container_layers(self.config.root_dir, container_id)
         return self.config.root_dir / "containers" / container_id
 
     def bundle_dir(self, container_id: str) -> Path:
@@ -74,7 +82,7 @@ class ContainerContext:
     def _remove_files(
         self, record: ContainerRecord, runtime: ContainerRuntime, made_bind_sources: tuple[Path, ...]
     ) -> None:
-        layers = self.layer_dir(record.id)
+        layers = self.layer_dir(record.id, record.config)
         unstage_idmapped_binds(layers)
         unmount_image_volumes(layers)
         overlay.unmount(layers / "rootfs")

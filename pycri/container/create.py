@@ -37,8 +37,15 @@ from pycri.state import containers
 from pycri.state.containers import ContainerRecord, ContainerState, ProcessUser
 from pycri.state.intents import Intent
 from pycri.state.sandboxes import SandboxRecord
+from pycri.userns.layout import hand_to_pod_root
 from pycri.userns.mappings import check_container
-from pycri.userns.mounts import hand_to_pod_root, stage_idmapped_binds, unstage_idmapped_binds
+from pycri.userns.mounts import (
+    bind_mounts,
+    check_device_nodes,
+    stage_added_binds,
+    stage_idmapped_binds,
+    unstage_idmapped_binds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +110,7 @@ async def create_container(
     """Runs under the pod's lock with the name reserved. Returns the new container's id."""
     if not sandbox.ready:
         raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
-    restore = await plan_restore(ctx, config)  # None unless config.image.image names a checkpoint archive
+    restore = await plan_restore(ctx, sandbox, config)  # None unless config.image.image names a checkpoint archive
     if restore is not None:
         config = restore.config
     target_namespace = target_pid_namespace(ctx, sandbox, config)
@@ -113,7 +120,7 @@ async def create_container(
     if image is None:
         raise NotFound(f"image {config.image.image!r} not found: pull it first")
     container_id = secrets.token_hex(32)
-    layers = ctx.layer_dir(container_id)
+    layers = ctx.layer_dir(container_id, config)
     record = ContainerRecord(
         id=container_id,
         sandbox_id=sandbox.id,
@@ -176,11 +183,11 @@ class _Sources:
 async def _make(
     ctx: ContainerContext, sandbox: SandboxRecord, record: ContainerRecord, made: _Sources, intent: Intent
 ) -> ContainerRecord:
-    layers = ctx.layer_dir(record.id)
+    layers = ctx.layer_dir(record.id, record.config)
     userns, userns_path = sandbox.user_namespace, sandbox.userns_path
     await asyncio.to_thread(make_layer_dirs, layers)
     if userns is not None:
-        await asyncio.to_thread(hand_to_pod_root, userns, (layers,), (ctx.config.root_dir, layers.parent))
+        await asyncio.to_thread(hand_to_pod_root, userns, layers)
     await mount_leased(ctx.images, record.id, made.chain_ids, layers / "rootfs", layers, userns_path)
     spec_config = await mount_image_volumes(ctx.images, record.config, record.id, layers, userns_path)
     file_sources = made.restore.file_sources if made.restore is not None else {}
@@ -206,10 +213,14 @@ async def _make(
         allowed_annotations=tuple(ctx.config.handler(record.runtime_handler).allowed_annotations),
     )
     spec = await asyncio.to_thread(container_spec, spec_input)
+    generated_binds = bind_mounts(spec)
     if made.cdi_devices is not None:
         await asyncio.to_thread(inject_devices, spec, made.cdi_devices)
     if plugin_cgroups_path := await ctx.nri.create_container(sandbox, record, spec):
         record = dataclasses.replace(record, cgroups_path=plugin_cgroups_path)
+    if userns_path is not None:  # CDI's and NRI plugins' binds: ID-mapped like the CRI mounts
+        await asyncio.to_thread(stage_added_binds, spec, generated_binds, userns_path, layers)
+        await asyncio.to_thread(check_device_nodes, spec)
     bundle = ctx.bundle_dir(record.id)
     await asyncio.to_thread(write_bundle, bundle, spec)
     kill_point("create_container.bundle")

@@ -81,7 +81,7 @@ def container_stats(ctx: ContainerContext, record: ContainerRecord) -> api_pb2.C
             fill_cpu_memory(stats.cpu, stats.memory, cgroup)
             fill_io(stats.io, cgroup)
             fill_swap(stats.swap, cgroup)
-    used_bytes, inodes = disk_usage(ctx.layer_dir(record.id) / "upper")
+    used_bytes, inodes = disk_usage(ctx.layer_dir(record.id, record.config) / "upper")
     stats.writable_layer.timestamp = time.time_ns()
     stats.writable_layer.fs_id.mountpoint = str(ctx.config.root_dir)
     stats.writable_layer.used_bytes.value = used_bytes

@@ -8,8 +8,9 @@ that no sandbox or container row names is left over from a crash. In this order:
 2. conmon processes with pycri's exit dir: SIGKILL, each checked again right before;
 3. CNI attachments of sandboxes no row owns: DEL while their netns pins still exist,
    then CniManager.gc for cached attachments of pods that are gone altogether;
-4. mounts under <root or state>/{containers,sandboxes}/<id>: overlays, image volumes,
-   shm tmpfs, namespace pins; deepest first;
+4. mounts under <root or state>/{containers,sandboxes}/<id> (and <root>/userns/..., where
+   the layers of pods with user namespaces live): overlays, image volumes, staged
+   ID-mapped binds, shm tmpfs, namespace pins; deepest first;
 5. the <id> dirs there (never while something is still mounted inside);
 6. conmon's exit files and attach links;
 7. cgroups named after a pod, container or conmon under the given parents.
@@ -39,6 +40,7 @@ from pycri.network.netns import is_namespace_pinned
 from pycri.oci.runtime import ContainerState, RuntimeHandler
 from pycri.recovery import procs
 from pycri.recovery.mounts import Owner, deepest_first, is_within, mounts_at_or_below, path_owner, read_mountinfo
+from pycri.userns.layout import userns_base
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,10 @@ class SweepScope:
     state_dir: Path
     runtimes: Sequence[RuntimeDriver]  # one per handler (its own --root)
     pod_cgroup_parents: Sequence[str]  # pycri's own cgroup parent and every owned pod's
+
+    def object_bases(self) -> tuple[Path, ...]:
+        """The dirs holding containers/<id> and sandboxes/<id>."""
+        return (self.root_dir, self.state_dir, userns_base(self.root_dir))
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,7 @@ class _Sweep:
         """<root or state>/<containers or sandboxes>/<id> entries whose id no row of `kind` owns."""
         directory = {"container": "containers", "sandbox": "sandboxes"}[kind]
         found = []
-        for base in (self.scope.root_dir, self.scope.state_dir):
+        for base in self.scope.object_bases():
             try:
                 names = sorted(os.listdir(base / directory))
             except FileNotFoundError:
@@ -254,7 +260,7 @@ async def _detach_orphan_pod(sweep: _Sweep, network: CniManager, sandbox_id: str
 
 
 async def _mounts(sweep: _Sweep) -> None:
-    bases = (sweep.scope.root_dir, sweep.scope.state_dir)
+    bases = sweep.scope.object_bases()
     real_bases = await asyncio.to_thread(lambda: tuple(dict.fromkeys(os.path.realpath(b) for b in bases)))
     entries = await asyncio.to_thread(read_mountinfo)
     for entry in deepest_first(entries):

@@ -66,7 +66,8 @@ def container_metrics(
     reading = read_cgroup(ctx.cgroups, record.cgroups_path)
     if reading is not None:
         add_cgroup_metrics(sink, reading)
-    add_filesystem_metrics(sink, writable_layer_usage(ctx.config.root_dir, ctx.layer_dir(record.id) / "upper"))
+    upper = ctx.layer_dir(record.id, record.config) / "upper"
+    add_filesystem_metrics(sink, writable_layer_usage(ctx.config.root_dir, upper))
     add_ulimit_metrics(sink, _open_files_soft_limit(record.pid))
     add_lifetime_metrics(sink, record.started_at, now_ns)
     return api_pb2.ContainerMetrics(container_id=record.id, metrics=sink.metrics)

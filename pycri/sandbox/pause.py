@@ -5,7 +5,9 @@ without a process. It is the configured pause image run like a container (the po
 ContainerRuntime, under conmon) with a read-only rootfs, joining the pod's pinned net,
 IPC and UTS namespaces and making the new PID namespace. Its runtime container id is
 the sandbox id; its bundle (config.json, conmon's files, the rootfs mount and its upper
-dir) is <state>/sandboxes/<id>/pause; a snapshot lease owned by the sandbox id keeps
+dir) is <state>/sandboxes/<id>/pause, but in a pod with a user namespace of its own the
+rootfs, upper and work dirs are <root>/userns/sandboxes/<id>, where the pod's root may
+walk; a snapshot lease owned by the sandbox id keeps
 the image's layers while it runs. It is known by PID and start time, so a PID reused
 after a crash or reboot is never taken for it.
 """
@@ -32,7 +34,7 @@ from pycri.oci.spec import PauseSpecInput, pause_spec
 from pycri.proc import ProcessRef
 from pycri.sandbox.paths import sandbox_paths
 from pycri.state.sandboxes import SandboxRecord
-from pycri.userns.mounts import hand_to_pod_root
+from pycri.userns.layout import hand_to_pod_root, pause_layers
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,13 @@ class PauseProcesses:
         self._cgroups = cgroups
         self._own_oom_score_adj = own_oom_score_adj
 
+    def _layers(self, record: SandboxRecord) -> Path:
+        """Its rootfs, upper and work dirs: in the bundle, or for a pod with a user namespace of its
+        own where the pod's root may walk (pycri.userns.layout)."""
+        if record.user_namespace is None:
+            return pause_bundle(record)
+        return pause_layers(self._config.root_dir, record.id)
+
     def reconfigure(self, config: Config) -> None:
         """A reloaded config (handlers' allowed annotations) for the pause processes started from now on."""
         self._config = config
@@ -78,20 +87,18 @@ class PauseProcesses:
         image = self._images.metadata.get(await self._image_id())
         if image is None:
             raise FailedPrecondition(f"pause image {self._config.runtime.pause_image} vanished while in use")
-        bundle = pause_bundle(record)
-        await asyncio.to_thread(make_layer_dirs, bundle)
-        userns = record.user_namespace
-        if userns is not None:
-            shared = (self._config.state_dir, record.state_dir.parent)
-            await asyncio.to_thread(hand_to_pod_root, userns, (record.state_dir, bundle), shared)
+        bundle, layers = pause_bundle(record), self._layers(record)
+        await asyncio.to_thread(make_layer_dirs, layers)
+        if record.user_namespace is not None:
+            await asyncio.to_thread(hand_to_pod_root, record.user_namespace, layers)
         # Writable underneath, as containerd's sandbox snapshot: runc makes its mount points
         # (/proc, /dev, ...) in the rootfs before the spec's read-only root takes effect.
-        await mount_leased(self._images, record.id, image.chain_ids, bundle / "rootfs", bundle, record.userns_path)
+        await mount_leased(self._images, record.id, image.chain_ids, layers / "rootfs", layers, record.userns_path)
         spec_input = PauseSpecInput(
             sandbox_id=record.id,
             sandbox=record.config,
             image_config=image.config,
-            rootfs=bundle / "rootfs",
+            rootfs=layers / "rootfs",
             sandbox_paths=sandbox_paths(record),
             cgroups_path=self._cgroups.container_path(record.cgroup_parent, record.id),
             runtime_oom_score_adj=self._own_oom_score_adj,
@@ -137,7 +144,8 @@ class PauseProcesses:
         log.info("pause process removed", extra={"fields": {"id": record.id}})
 
     def _remove_files(self, record: SandboxRecord, runtime: ContainerRuntime) -> None:
-        bundle = pause_bundle(record)
+        layers = self._layers(record)
         runtime.remove_conmon_files(record.id)
-        overlay.unmount(bundle / "rootfs")
-        shutil.rmtree(bundle, ignore_errors=True)
+        overlay.unmount(layers / "rootfs")
+        shutil.rmtree(layers, ignore_errors=True)
+        shutil.rmtree(pause_bundle(record), ignore_errors=True)

@@ -91,6 +91,12 @@ def user_namespace(options: api_pb2.NamespaceOption, field: str) -> UserNamespac
     return UserNamespaceMappings(id_range(userns.uids, f"{field}.uids"), id_range(userns.gids, f"{field}.gids"))
 
 
+def in_pod_user_namespace(config: api_pb2.ContainerConfig) -> bool:
+    """Whether a container, its config checked, runs in its pod's user namespace."""
+    options = config.linux.security_context.namespace_options
+    return options.HasField("userns_options") and options.userns_options.mode == _MODES.POD
+
+
 def check_container_matches_pod(
     container: UserNamespaceMappings | None, pod: UserNamespaceMappings | None, field: str
 ) -> None:

@@ -6,14 +6,19 @@ them and hands runc plain paths:
 - the rootfs and image volumes are overlays whose lower layers are ID-mapped clones of the
   snapshot dirs (overlayfs itself takes no ID mapping); the upper dir belongs to the pod's
   root, so files the container writes are owned on disk by the host IDs it runs as;
-- the pod's hostname, hosts and resolv.conf files and every CRI mount kubelet asks to be
-  ID-mapped are ID-mapped mounts staged under <layers>/idmapped/<n>, which runc binds (a bind
-  keeps the mapping) and pycri unmounts once the runtime has made the container.
+- the pod's hostname, hosts and resolv.conf files, every CRI mount kubelet asks to be
+  ID-mapped and every bind mount CDI devices or NRI plugins add are ID-mapped mounts staged
+  under <layers>/idmapped/<n>, which runc binds (a bind keeps the mapping) and pycri unmounts
+  once the runtime has made the container. runc opens bind sources on the host's side, so the
+  staging dir stays root's own.
 
 runc's init, already inside the user namespace, mounts the rootfs by its path, so the pod's
-root must be able to walk there: the shared dirs above get search permission for others
-(0711, nothing can be listed) and the container's (or pod's) own dirs search permission for
-the group of the pod's root only (0710, still owned by root).
+root must be able to walk there from /. The layers of these containers and pause processes
+therefore live in a subtree of their own, <root>/userns/{containers,sandboxes}/<id>: the root
+dir and that subtree are search-only for others (0711, nothing can be listed), set once at
+start where user namespaces are offered, and each <id> dir is searchable by the group of its
+pod's root only (0710, still owned by root). Everything else under the root dir, and the whole
+state dir, stays root's alone (0700).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pycri.api import api_pb2
 from pycri.errors import FailedPrecondition
@@ -36,10 +42,9 @@ from pycri.userns.namespaces import transient_user_namespace
 from pycri.userns.syscalls import idmapped_clone, mount_idmapped
 
 STAGING_DIR = "idmapped"
+_NODE_TYPES = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p"}
 # Any mapping does to learn whether ID-mapped layers work.
 PROBE_MAPPINGS = UserNamespaceMappings(IdRange(0, 65536, 65536), IdRange(0, 65536, 65536))
-SEARCH_ONLY_MODE = 0o711
-POD_ROOT_SEARCH_MODE = 0o710
 
 
 def _open_userns(path: Path) -> int:
@@ -67,34 +72,15 @@ def mount_idmapped_layers(
         os.close(userns_fd)
 
 
-def hand_to_pod_root(mappings: UserNamespaceMappings, own_dirs: Sequence[Path], shared_parents: Sequence[Path]) -> None:
-    """Let the pod's root walk through `own_dirs` (outermost first, the last a container's layer
-    dir or a pause bundle) and own the upper dir in the last: `shared_parents` (pycri's dirs
-    above them, outermost first) get search permission for others, `own_dirs` for the group
-    of the pod's root."""
-    blocked = [str(p) for p in reversed(shared_parents[0].parents) if not p.stat().st_mode & stat.S_IXOTH]
-    if blocked:
-        raise FailedPrecondition(
-            f"a pod in a user namespace needs {', '.join(blocked)} searchable by others (o+x): "
-            "its root reaches the container's rootfs by path"
-        )
-    for parent in shared_parents:
-        parent.chmod(SEARCH_ONLY_MODE)
-    for own in own_dirs:
-        os.chown(own, -1, mappings.root_gid)
-        own.chmod(POD_ROOT_SEARCH_MODE)
-    upper = own_dirs[-1] / "upper"
-    if upper.is_dir():
-        os.chown(upper, mappings.root_uid, mappings.root_gid)
-
-
 def _stage(sources: Sequence[Path], staging: Path, userns: Path) -> list[Path]:
-    """An ID-mapped mount of each source at staging/<n>; the targets, in order."""
-    staging.mkdir(mode=0o700)
+    """An ID-mapped mount of each source at staging/<n>, numbered on from those staged before;
+    the targets, in order."""
+    staging.mkdir(mode=0o700, exist_ok=True)
+    first = len(os.listdir(staging))
     userns_fd = _open_userns(userns)
     targets: list[Path] = []
     try:
-        for number, source in enumerate(sources):
+        for number, source in enumerate(sources, start=first):
             target = staging / str(number)
             if source.is_dir():
                 target.mkdir(mode=0o700)
@@ -133,6 +119,68 @@ def stage_idmapped_binds(
         bind.ClearField("gidMappings")
     hostname, hosts, resolv_conf = targets[: len(pod_files)]
     return for_spec, dataclasses.replace(paths, hostname=hostname, hosts=hosts, resolv_conf=resolv_conf)
+
+
+def is_bind(mount: dict[str, Any]) -> bool:
+    """Whether an OCI spec mount is a bind mount (by its type or, as runc reads it, its options)."""
+    options = mount.get("options") or ()
+    return mount.get("type") == "bind" or "bind" in options or "rbind" in options
+
+
+def bind_mounts(spec: dict[str, Any]) -> frozenset[tuple[str, str]]:
+    """The (destination, source) of every bind mount in an OCI spec."""
+    return frozenset((m.get("destination", ""), m.get("source", "")) for m in spec.get("mounts") or () if is_bind(m))
+
+
+def stage_added_binds(spec: dict[str, Any], present: frozenset[tuple[str, str]], userns: Path, layers: Path) -> None:
+    """ID-map the bind mounts added to `spec` since it had the binds `present` (those CDI devices
+    and NRI plugins add): each source is staged under `layers` like the CRI mounts, and its
+    entry in the spec binds the staged mount instead. Without that, their files would show as
+    nobody inside. A source that cannot be ID-mapped: FAILED_PRECONDITION naming the mount."""
+    staging = layers / STAGING_DIR
+    for mount in spec.get("mounts") or ():
+        if not is_bind(mount) or (mount.get("destination", ""), mount.get("source", "")) in present:
+            continue
+        source = Path(mount.get("source", ""))
+        named = f"mount {mount.get('destination')!r} (from {str(source)!r})"
+        if not source.is_absolute():
+            raise FailedPrecondition(f"{named}: a bind mount in a pod's user namespace needs an absolute source")
+        try:
+            (target,) = _stage([source], staging, userns)
+        except OSError as err:
+            raise FailedPrecondition(
+                f"{named}: an added bind mount must be ID-mapped for the pod's user namespace, "
+                f"and this one cannot be: {err.strerror or err}"
+            ) from None
+        mount["source"] = str(target)
+
+
+def _host_node(path: str) -> tuple[str, int] | None:
+    """The type ("c", "b" or "p") and device number of the host's node at `path`, if one is there."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    kind = _NODE_TYPES.get(stat.S_IFMT(info.st_mode))
+    return (kind, info.st_rdev) if kind is not None else None
+
+
+def check_device_nodes(spec: dict[str, Any]) -> None:
+    """A container in a user namespace may not make device nodes: runc 1.1 binds the host's
+    node at the same path instead. FAILED_PRECONDITION naming a device of `spec` (a CRI or CDI
+    device whose host path differs from its container path, or an NRI plugin's) that the host
+    has not at that path."""
+    for device in (spec.get("linux") or {}).get("devices") or ():
+        path, kind = str(device.get("path", "")), str(device.get("type", ""))
+        major, minor = int(device.get("major", 0)), int(device.get("minor", 0))
+        wanted = {"u": "c"}.get(kind, kind)
+        host = _host_node(path)
+        if host is not None and host[0] == wanted and (wanted == "p" or host[1] == os.makedev(major, minor)):
+            continue
+        raise FailedPrecondition(
+            f"device {path} ({kind} {major}:{minor}): in a pod's user namespace runc binds the host's device "
+            f"node at the same path, and the host has no such device at {path}"
+        )
 
 
 def unstage_idmapped_binds(layers: Path) -> None:

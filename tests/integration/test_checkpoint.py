@@ -17,12 +17,13 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2
-from pycri.container.checkpoint_criu import criu_status
+from pycri.container.checkpoint_criu import probe_criu
+from tests.integration.test_userns import in_pod, userns_pod
 from tests.support.pods import CREATED, RUNNING, SLEEP_FOREVER, Workloads, container_config, shell, wait_until
 
 pytestmark = pytest.mark.integration
 
-CRIU = asyncio.run(criu_status())
+CRIU = asyncio.run(probe_criu())
 needs_criu = pytest.mark.skipif(not CRIU.usable, reason=f"CRIU is not usable here: {CRIU.reason}")
 without_criu = pytest.mark.skipif(CRIU.usable, reason="CRIU is usable here: the refusal cannot be seen")
 
@@ -84,6 +85,26 @@ def test_restore_is_failed_precondition_with_criu_reason(work: Workloads, busybo
     refused = _error(work.create, pod, container_config("app", str(archive)))
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and CRIU.reason in refused.details()
     assert work.list(pod_sandbox_id=pod.id) == [] and work.container_dirs() == []
+
+
+def test_user_namespaces_are_refused_before_criu_is_asked(work: Workloads, busybox: str, tmp_path: Path) -> None:
+    # Whatever CRIU could do here: the rootfs changes of such a container hold host IDs that
+    # pycri would not map back, so neither direction is taken.
+    work.node.base.chmod(0o711)  # the pod's root walks to its rootfs (mkdtemp makes the base 0700)
+    pod = userns_pod(work, "ckpt-userns")
+    container_id = work.run(pod, in_pod(pod, container_config("app", busybox, *SLEEP_FOREVER)))
+    refused = _error(_checkpoint, work, container_id, tmp_path / "ckpt.tar")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "runs in its pod's user namespace" in refused.details()
+    assert list(tmp_path.iterdir()) == [] and work.status(container_id).state == RUNNING
+    assert work.output(container_id, "echo", "alive") == "alive\n"
+
+    archive = tmp_path / "other.tar"  # refused before it is read
+    archive.write_bytes(b"")
+    refused = _error(work.create, pod, in_pod(pod, container_config("restored", str(archive))))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "into a pod with a user namespace of its own is not supported" in refused.details()
+    assert [container.id for container in work.list(pod_sandbox_id=pod.id)] == [container_id]
 
 
 @needs_criu

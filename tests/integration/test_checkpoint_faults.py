@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2
-from pycri.container.checkpoint_criu import criu_status
+from pycri.container.checkpoint_criu import probe_criu
 from pycri.faults import ENV_VAR
 from tests.support.busybox_images import TestImages
 from tests.support.fault_node import FaultNode, fault_node
@@ -39,7 +39,7 @@ def arm_with_criu_probe_passing(fault: FaultNode, shim_dir: Path) -> None:
     """Restart the daemon with the kill point armed and, where `criu check` fails here, a criu
     whose `check` passes (see the module docstring)."""
     env = {ENV_VAR: POINT}
-    if not asyncio.run(criu_status()).usable:
+    if not asyncio.run(probe_criu()).usable:
         real = shutil.which("criu")
         assert real is not None, "criu is not installed (Debian package criu)"
         shim = shim_dir / "criu"
@@ -90,7 +90,7 @@ def test_killed_while_paused_for_a_checkpoint(test_images: TestImages, tmp_path:
         try:
             fault.work.runtime.CheckpointContainer(request, timeout=120)
         except grpc.RpcError as error:
-            assert (error.code(), asyncio.run(criu_status()).usable) == (grpc.StatusCode.FAILED_PRECONDITION, False)
+            assert (error.code(), asyncio.run(probe_criu()).usable) == (grpc.StatusCode.FAILED_PRECONDITION, False)
             assert list(archives.iterdir()) == []
         else:
             assert [path.name for path in archives.iterdir()] == ["app.tar"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pycri.api import api_pb2
 from tests.integration.test_sandbox_support import Node
 from tests.support.daemon import mounts_under
 from tests.support.pods import SLEEP_FOREVER, Pod, Workloads, container_config
@@ -26,6 +27,10 @@ NOBODY = "65534"
 # Paths (relative to the node's base dir, fnmatch patterns: `*` spans `/`) that may be open to group or
 # other, each with why. They all lie below a dir only root can search, so other users still cannot reach them.
 OPEN_PATHS: dict[str, str] = {
+    "root": "search-only (0711) where pods may get user namespaces: their roots walk to root/userns",
+    "root/userns": "search-only (0711): the way to the layers of pods with user namespaces",
+    "root/userns/containers": "search-only (0711): the way to the layers of pods with user namespaces",
+    "root/userns/sandboxes": "search-only (0711): the way to the layers of pods with user namespaces",
     "root/snapshots/*/fs": "an image layer's root dir: overlay shows its mode as the container's",
     "root/snapshots/*/fs/*": "image content: files keep the modes the image gave them",
     "root/containers/*/rootfs": "the container's overlay mount point: its mode is the container's /",
@@ -105,11 +110,18 @@ def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_nothing_below_root_and_state_is_open_to_other_users(opened_node: Node, running_pod: Pod) -> None:
+def test_nothing_below_root_and_state_is_open_to_other_users(
+    opened_node: Node, running_pod: Pod, work: Workloads
+) -> None:
     base = opened_node.base
     assert open_to_others(base) == []
-    for top in (base / "root", base / "state"):
-        assert stat.S_IMODE(top.stat().st_mode) == 0o700
+    handlers = work.runtime.Status(api_pb2.StatusRequest(), timeout=30).runtime_handlers
+    user_namespaces = any(handler.features.user_namespaces for handler in handlers)
+    assert stat.S_IMODE((base / "root").stat().st_mode) == (0o711 if user_namespaces else 0o700)
+    assert stat.S_IMODE((base / "state").stat().st_mode) == 0o700
+    for top in (base / "root", base / "root" / "userns"):  # search, never list
+        if top.exists():
+            assert as_nobody("ls", str(top)).returncode != 0
     for name in ("pycri.db", "pycri.db-wal", "pycri.db-shm"):
         assert stat.S_IMODE((base / "root" / name).stat().st_mode) == 0o600, name
     socket = base / "state" / "pycri.sock"

@@ -67,13 +67,20 @@ class Node:
     def sandbox_dirs(self) -> list[Path]:
         return [
             entry
-            for parent in (self.base / "root" / "sandboxes", self.base / "state" / "sandboxes")
+            for parent in (
+                self.base / "root" / "sandboxes",
+                self.base / "root" / "userns" / "sandboxes",
+                self.base / "state" / "sandboxes",
+            )
             if parent.exists()
             for entry in parent.iterdir()
         ]
 
     def sandbox_mounts(self) -> list[Path]:
-        return mounts_under(self.base / "state" / "sandboxes")
+        return [
+            *mounts_under(self.base / "state" / "sandboxes"),
+            *mounts_under(self.base / "root" / "userns" / "sandboxes"),
+        ]
 
 
 def require_cni_plugins() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,10 +112,31 @@ def test_container_runs_mapped_in_the_pods_namespaces(
     assert os.stat(f"/proc/{pid}").st_uid == HOST_ROOT, "root inside is not the mapped host ID"
 
     work.output(container_id, "touch", "/written")
-    upper = work.root_dir / "containers" / container_id / "upper" / "written"
+    layers = work.root_dir / "userns" / "containers" / container_id
+    upper = layers / "upper" / "written"
     assert (upper.stat().st_uid, upper.stat().st_gid) == (HOST_ROOT, HOST_ROOT)
+    assert (stat.S_IMODE(layers.stat().st_mode), layers.stat().st_gid) == (0o710, HOST_ROOT)
     work.remove_pod(pod.id)
     assert not state.exists() and mounts_under(work.node.base) == []
+
+
+def test_only_the_root_dir_and_the_user_namespace_subtree_are_searchable(
+    work: Workloads, test_images: TestImages
+) -> None:
+    """The pods' roots reach their rootfs through <root>/userns; pycri's other dirs stay root's
+    alone, however many containers run in user namespaces."""
+    pod = userns_pod(work, "modes", shared_pid=True)
+    work.run(pod, in_pod(pod, container_config("app", test_images.busybox.reference, *SLEEP_FOREVER)))
+    root, state = work.root_dir, work.state_dir
+    search_only = [root, root / "userns", root / "userns" / "containers", root / "userns" / "sandboxes"]
+    assert {str(path): stat.S_IMODE(path.stat().st_mode) for path in search_only} == dict.fromkeys(
+        map(str, search_only), 0o711
+    )
+    private = [root / "containers", root / "sandboxes", root / "snapshots", state, state / "sandboxes"]
+    assert {str(path): stat.S_IMODE(path.stat().st_mode) for path in private} == dict.fromkeys(map(str, private), 0o700)
+    pause_layers = root / "userns" / "sandboxes" / pod.id
+    assert (stat.S_IMODE(pause_layers.stat().st_mode), pause_layers.stat().st_gid) == (0o710, HOST_ROOT)
+    assert mounts_under(pause_layers) == [pause_layers / "rootfs"]
 
 
 def test_host_path_volumes_plain_and_id_mapped(work: Workloads, test_images: TestImages, tmp_path: Path) -> None:
@@ -136,7 +158,7 @@ def test_host_path_volumes_plain_and_id_mapped(work: Workloads, test_images: Tes
     assert work.output(container_id, "stat", "-c", "%u:%g", "/mapped/file").strip() == "7:8"
     work.output(container_id, "touch", "/mapped/new", "/plain/new")
     assert (os.stat(mapped / "new").st_uid, os.stat(plain / "new").st_uid) == (0, HOST_ROOT)
-    assert work.container_mounts() == [work.root_dir / "containers" / container_id / "rootfs"]
+    assert work.container_mounts() == [work.root_dir / "userns" / "containers" / container_id / "rootfs"]
 
 
 def test_image_volume_is_root_owned_inside(work: Workloads, test_images: TestImages) -> None:

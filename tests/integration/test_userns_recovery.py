@@ -70,7 +70,7 @@ def test_killed_while_making_the_pod_leaves_nothing(point: str, test_images: Tes
 def test_killed_while_making_id_mapped_mounts_leaves_nothing(point: str, test_images: TestImages) -> None:
     with userns_node(test_images, point) as fault:
         pod = fault.work.run_pod(userns_pod_config(fault))
-        containers = fault.daemon.base / "root" / "containers"
+        containers = fault.daemon.base / "root" / "userns" / "containers"
         fault.kill_during(point, lambda: fault.work.create(pod, sleeper(fault, pod)))
         assert [path.name for path in mounts_under(containers)].count("0") == 1, "no ID-mapped mount was staged"
         fault.restart_unarmed()
@@ -84,7 +84,7 @@ def test_pod_survives_a_restart_and_takes_new_containers(test_images: TestImages
     with userns_node(test_images) as fault:
         pod = fault.work.run_pod(userns_pod_config(fault))
         first = fault.work.run(pod, sleeper(fault, pod))
-        fault.restart_unarmed()  # pycri narrows its dirs again at start; the next container widens them
+        fault.restart_unarmed()  # the root dir is narrowed at start and opened to the pods' roots again
         assert fault.work.pod_status(pod.id).state == READY
         second = fault.work.run(pod, sleeper(fault, pod, "second"))
         for container_id in (first, second):

@@ -72,6 +72,8 @@ class LeakScope:
         return [
             root / "containers",
             root / "sandboxes",
+            root / "userns" / "containers",
+            root / "userns" / "sandboxes",
             root / "snapshots",
             state / "containers",
             state / "sandboxes",

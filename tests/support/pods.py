@@ -216,11 +216,11 @@ class Workloads:
 
     def container_dirs(self) -> list[Path]:
         """Per-container directories: writable layers under the root, bundles under the state dir."""
-        parents = (self.root_dir / "containers", self.state_dir / "containers")
+        parents = (self.root_dir / "containers", self.root_dir / "userns" / "containers", self.state_dir / "containers")
         return [entry for parent in parents if parent.exists() for entry in parent.iterdir()]
 
     def container_mounts(self) -> list[Path]:
-        return mounts_under(self.root_dir / "containers")
+        return [*mounts_under(self.root_dir / "containers"), *mounts_under(self.root_dir / "userns" / "containers")]
 
     def runc_ids(self) -> list[str]:
         """Containers runc keeps state for under this node's runc root."""

@@ -33,14 +33,18 @@ FILE_MODE = 0o640
 
 @pytest.fixture
 async def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeNode]:
-    monkeypatch.setattr(checkpoint_criu, "_status", checkpoint_criu.CriuStatus(True, "", "3.17.1"))
+    async def usable() -> checkpoint_criu.CriuStatus:
+        return checkpoint_criu.CriuStatus(True, "", "3.17.1")
+
+    monkeypatch.setattr(checkpoint_criu, "probe_criu", usable)
     built = build(tmp_path)
     await recover(built.containers, built.sandboxes, built.intents, no_image_intents)
     yield built
 
 
-def checkpoint_archive(tmp_path: Path, image_name: str, image_id: str) -> Path:
-    """An archive of a container that had a file bind-mounted at /etc/app.conf and a directory at /data."""
+def checkpoint_archive(tmp_path: Path, image_name: str, image_id: str, linux: dict[str, object] | None = None) -> Path:
+    """An archive of a container that had a file bind-mounted at /etc/app.conf and a directory at
+    /data (and the spec's `linux` section, when given)."""
     old = tmp_path / "old-node"
     (old / "data").mkdir(parents=True)
     (old / "app.conf").write_text("setting = 1\n")
@@ -54,7 +58,8 @@ def checkpoint_archive(tmp_path: Path, image_name: str, image_id: str) -> Path:
     (staging / "checkpoint" / "pages-1.img").write_bytes(b"\0" * 64)
     moment = datetime(2025, 1, 2, tzinfo=UTC)
     config = CheckpointConfig("c" * 64, "app", image_name, image_id, image_name, "runc", moment, moment)
-    write_metadata(staging, config, {"ociVersion": "1.0.2", "mounts": mounts}, {})
+    spec = {"ociVersion": "1.0.2", "mounts": mounts, **({"linux": linux} if linux is not None else {})}
+    write_metadata(staging, config, spec, {})
     archive = tmp_path / "app.tar"
     write_archive(staging, archive, partial_archive(archive, "t"))
     return archive
@@ -115,3 +120,14 @@ async def test_a_restore_annotation_from_the_request_makes_no_restored_container
     assert node.runtime.status[container_id] is ContainerStatus.RUNNING  # runc start did run
     with pytest.raises(FailedPrecondition, match="not created"):
         await node.containers.start(container_id)
+
+
+async def test_an_archive_checkpointed_in_a_user_namespace_is_refused(node: FakeNode, tmp_path: Path) -> None:
+    mapping = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    linux = {"uidMappings": mapping, "gidMappings": mapping}
+    archive = checkpoint_archive(tmp_path, BUSYBOX.tags[0], BUSYBOX.id, linux)
+    sandbox_id = await node.sandboxes.run(pod_config(), "")
+    new_sources = tmp_path / "new-node"
+    with pytest.raises(FailedPrecondition, match="checkpointed in a user namespace"):
+        await node.containers.create(sandbox_id, restore_config(archive, new_sources), pod_config())
+    assert not new_sources.exists() and node.rows("containers") == 0 and node.rows("intents") == 0
