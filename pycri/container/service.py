@@ -28,6 +28,7 @@ from pycri.state.views import ViewCache, repeated_field
 log = logging.getLogger(__name__)
 
 LIST_ENTRIES_FIELD = api_pb2.ListContainersResponse.CONTAINERS_FIELD_NUMBER
+STATUS_FIELD = api_pb2.ContainerStatusResponse.STATUS_FIELD_NUMBER
 
 
 class ContainerService:
@@ -38,6 +39,9 @@ class ContainerService:
         self._entries: ViewCache[ContainerRecord, api_pb2.Container] = ViewCache(container_entry)
         self._encoded: ViewCache[ContainerRecord, bytes] = ViewCache(
             lambda record: repeated_field(LIST_ENTRIES_FIELD, self._entries.get(record))
+        )
+        self._statuses: ViewCache[ContainerRecord, bytes] = ViewCache(
+            lambda record: repeated_field(STATUS_FIELD, container_status(record))
         )
         self._creates: PendingCreates[str] = PendingCreates(
             ctx.config.runtime.abandoned_create_grace, self.remove, "container"
@@ -111,6 +115,12 @@ class ContainerService:
         if wanted.pod_sandbox_id and self.ctx.state.sandbox(wanted.pod_sandbox_id) is not None:
             return self.ctx.state.containers_of(wanted.pod_sandbox_id)
         return self.ctx.state.containers()
+
+    def status_reply(self, container_id: str) -> bytes:
+        """ContainerStatusResponse without verbose info, serialised once per record version."""
+        record = self.get(container_id)
+        self._statuses.keep_only(self.ctx.state.container_ids())
+        return self._statuses.get(record)
 
     def status(self, container_id: str, verbose: bool) -> api_pb2.ContainerStatusResponse:
         record = self.get(container_id)

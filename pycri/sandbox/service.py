@@ -42,6 +42,7 @@ RUN_INTENT = "run_pod_sandbox"
 STOP_INTENT = "stop_pod_sandbox"
 REMOVE_INTENT = "remove_pod_sandbox"
 LIST_ENTRIES_FIELD = api_pb2.ListPodSandboxResponse.ITEMS_FIELD_NUMBER
+STATUS_FIELD = api_pb2.PodSandboxStatusResponse.STATUS_FIELD_NUMBER
 
 
 class SandboxService:
@@ -53,6 +54,9 @@ class SandboxService:
         self._summaries: ViewCache[SandboxRecord, api_pb2.PodSandbox] = ViewCache(sandbox_summary)
         self._encoded: ViewCache[SandboxRecord, bytes] = ViewCache(
             lambda record: repeated_field(LIST_ENTRIES_FIELD, self._summaries.get(record))
+        )
+        self._statuses: ViewCache[SandboxRecord, bytes] = ViewCache(
+            lambda record: repeated_field(STATUS_FIELD, sandbox_status(record))
         )
         self._creates: PendingCreates[str] = PendingCreates(
             ctx.config.runtime.abandoned_create_grace, self.remove, "pod sandbox"
@@ -78,6 +82,12 @@ class SandboxService:
 
     def records(self) -> list[SandboxRecord]:
         return list(self.ctx.state.sandboxes())
+
+    def status_reply(self, sandbox_id: str) -> bytes:
+        """The status part of PodSandboxStatusResponse (no verbose info), serialised once per record version."""
+        record = self.get(sandbox_id)
+        self._statuses.keep_only(self.ctx.state.sandbox_ids())
+        return self._statuses.get(record)
 
     def status(self, sandbox_id: str, verbose: bool) -> tuple[api_pb2.PodSandboxStatus, dict[str, str]]:
         record = self.get(sandbox_id)

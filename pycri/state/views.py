@@ -23,9 +23,15 @@ M = TypeVar("M")
 
 def repeated_field(number: int, message: Message) -> bytes:
     """`message` encoded as one element of the repeated message field `number` of its parent:
-    such elements joined are the parent's bytes when that field is all it carries."""
+    such elements joined are the parent's bytes when that field is all it carries. A singular
+    message field is encoded the same way."""
     body = message.SerializeToString()
     return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def int64_field(number: int, value: int) -> bytes:
+    """The int64 field `number` holding `value` (>= 0), as its parent's bytes carry it."""
+    return _varint(number << 3) + _varint(value)
 
 
 def _varint(value: int) -> bytes:
