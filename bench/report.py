@@ -4,6 +4,7 @@ latency against density (matplotlib, PNG and SVG)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def draw_charts(results: Results, directory: Path) -> list[Path]:
     calls = [call for call in CHART_CALLS if call in results.series]
     if not calls:
         return []
-    os.environ.setdefault("MPLCONFIGDIR", str(directory / ".matplotlib"))
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "pycri-bench-matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")
