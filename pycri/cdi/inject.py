@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import posixpath
 import stat
 from typing import Any
 
 from pycri.cdi.registry import ResolvedDevices
-from pycri.cdi.spec import NO_PERMISSIONS, ContainerEdits, DeviceNode, Hook, IntelRdt, Mount
+from pycri.cdi.spec import NO_PERMISSIONS, ContainerEdits, DeviceNode, IntelRdt, Mount
 from pycri.errors import FailedPrecondition
+from pycri.oci.spec_edits import add_device_node, oci_hook, set_env, sort_mounts
 
 _HOST_TYPES = {stat.S_IFBLK: "b", stat.S_IFCHR: "c", stat.S_IFIFO: "p"}
 
@@ -38,32 +38,22 @@ def _apply(spec: dict[str, Any], edits: ContainerEdits) -> None:
         raise CdiInjectionError(f"netDevices ({names}): moving host interfaces is not supported by pycri's runtimes")
     process = spec.setdefault("process", {})
     linux = spec.setdefault("linux", {})
-    _set_env(process, edits.env)
+    env: list[str] = process.setdefault("env", [])
+    for variable in edits.env:
+        set_env(env, variable)
     for node in edits.device_nodes:
         _add_device_node(process, linux, node)
     if edits.mounts:
         for mount in edits.mounts:
             _add_mount(spec, mount)
-        spec["mounts"].sort(key=lambda entry: posixpath.normpath(entry["destination"]).count("/"))
+        sort_mounts(spec["mounts"])
     for hook in edits.hooks:
-        spec.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(_oci_hook(hook))
+        entry = oci_hook(hook.path, hook.args, hook.env, hook.timeout)
+        spec.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(entry)
     if edits.intel_rdt is not None:
         linux["intelRdt"] = _oci_intel_rdt(edits.intel_rdt)
     gids = process.setdefault("user", {}).setdefault("additionalGids", [])
     gids.extend(gid for gid in dict.fromkeys(edits.additional_gids) if gid and gid not in gids)
-
-
-def _set_env(process: dict[str, Any], env: tuple[str, ...]) -> None:
-    """A variable already set is replaced where it stands; a new one is appended."""
-    current: list[str] = process.setdefault("env", [])
-    where = {entry.partition("=")[0]: number for number, entry in enumerate(current)}
-    for entry in env:
-        name = entry.partition("=")[0]
-        if name in where:
-            current[where[name]] = entry
-        else:
-            where[name] = len(current)
-            current.append(entry)
 
 
 def _host_node(node: DeviceNode) -> DeviceNode:
@@ -105,13 +95,7 @@ def _add_device_node(process: dict[str, Any], linux: dict[str, Any], given: Devi
         device["uid"] = uid
     if gid is not None:
         device["gid"] = gid
-    devices: list[dict[str, Any]] = linux.setdefault("devices", [])
-    devices[:] = [existing for existing in devices if existing.get("path") != node.path]
-    devices.append(device)
-    if node.type in ("b", "c"):
-        access = {"": "rwm", NO_PERMISSIONS: ""}.get(node.permissions, node.permissions)
-        rule = {"allow": True, "type": node.type, "major": node.major, "minor": node.minor, "access": access}
-        linux.setdefault("resources", {}).setdefault("devices", []).append(rule)
+    add_device_node(linux, device, {"": "rwm", NO_PERMISSIONS: ""}.get(node.permissions, node.permissions))
 
 
 def _add_mount(spec: dict[str, Any], mount: Mount) -> None:
@@ -125,17 +109,6 @@ def _add_mount(spec: dict[str, Any], mount: Mount) -> None:
     if mount.options:
         entry["options"] = list(mount.options)
     mounts.append(entry)
-
-
-def _oci_hook(hook: Hook) -> dict[str, Any]:
-    entry: dict[str, Any] = {"path": hook.path}
-    if hook.args:
-        entry["args"] = list(hook.args)
-    if hook.env:
-        entry["env"] = list(hook.env)
-    if hook.timeout is not None:
-        entry["timeout"] = hook.timeout
-    return entry
 
 
 def _oci_intel_rdt(rdt: IntelRdt) -> dict[str, Any]:

@@ -6,7 +6,8 @@ destination, an environment variable, a resource field...): the second is an err
 in NRI, unless it first removes the earlier value with a removal mark (a key or
 destination prefixed with "-"). What pycri cannot do (CDI devices, seccomp policies,
 RDT and block I/O classes, I/O priority, scheduling, memory policy, network devices) is
-refused by name rather than ignored.
+refused by name rather than ignored, and so is a change to the namespaces that a pod's own
+user namespace owns.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from pycri.nri.pb import api_pb2 as nri
+from pycri.oci.spec_edits import add_device_node, oci_hook, remove_device_node, remove_env, set_env, sort_mounts
 
 REMOVAL_MARK = "-"
 _RLIMIT = re.compile(r"RLIMIT_[A-Z]+")
@@ -89,8 +91,18 @@ _COMPOUND_FIELDS = {
 }
 
 
+# The namespaces a pod's own user namespace owns (pycri unshares them with it): a plugin may neither
+# take them from the pod's containers nor swap them for others, which the pod's root could not use
+# or which would belong to no user namespace of the pod's.
+_USERNS_OWNED = ("user", "network", "ipc", "uts")
+
+
 class AdjustmentError(ValueError):
     """A plugin asked for something invalid, unsupported, or already set by another plugin."""
+
+
+class UserNamespaceConflict(AdjustmentError):
+    """A plugin adjusts a namespace that the pod's own user namespace owns."""
 
 
 def _removed(key: str) -> str | None:
@@ -101,6 +113,7 @@ class SpecAdjuster:
     def __init__(self, spec: dict[str, Any], min_oom_score_adj: int) -> None:
         self.spec = spec
         self._min_oom_score_adj = min_oom_score_adj
+        self._own_user_namespace = any(n.get("type") == "user" for n in spec.get("linux", {}).get("namespaces") or [])
         self._owners: dict[tuple[str, str], str] = {}
         self._hook_owners: list[str] = []
 
@@ -189,8 +202,7 @@ class SpecAdjuster:
             if mount.options:
                 added["options"] = list(mount.options)
             mounts.append(added)
-        # Parents before children, as a mount over its parent's later mount would be hidden.
-        mounts.sort(key=lambda m: len(PurePosixPath(m.get("destination", "/")).parts))
+        sort_mounts(mounts)
 
     def _env(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
         env: list[str] = self._process().setdefault("env", [])
@@ -200,28 +212,19 @@ class SpecAdjuster:
             if not key or "=" in key:
                 raise AdjustmentError(f"plugin {plugin}: bad environment variable name {pair.key!r}")
             if removed is not None:
-                env[:] = [entry for entry in env if entry.split("=", 1)[0] != key]
+                remove_env(env, key)
                 self._release("env", key)
                 continue
             self._claim(plugin, "env", key)
-            names = [entry.split("=", 1)[0] for entry in env]
-            if key in names:  # set in place: a later variable may refer to it
-                env[names.index(key)] = f"{key}={pair.value}"
-            else:
-                env.append(f"{key}={pair.value}")
+            set_env(env, f"{key}={pair.value}")
 
     def _hooks(self, plugin: str, adjust: nri.ContainerAdjustment) -> None:
         for field, oci_kind in _HOOK_FIELDS:
             for hook in getattr(adjust.hooks, field):
                 if not PurePosixPath(hook.path).is_absolute():
                     raise AdjustmentError(f"OCI hook path {hook.path!r} is not absolute")
-                entry: dict[str, Any] = {"path": hook.path}
-                if hook.args:
-                    entry["args"] = list(hook.args)
-                if hook.env:
-                    entry["env"] = list(hook.env)
-                if hook.HasField("timeout"):
-                    entry["timeout"] = hook.timeout.value
+                timeout = hook.timeout.value if hook.HasField("timeout") else None
+                entry = oci_hook(hook.path, hook.args, hook.env, timeout)
                 self.spec.setdefault("hooks", {}).setdefault(oci_kind, []).append(entry)
                 if plugin not in self._hook_owners:
                     self._hook_owners.append(plugin)
@@ -239,9 +242,8 @@ class SpecAdjuster:
         for device in linux.devices:
             removed = _removed(device.path)
             path = device.path if removed is None else removed
-            devices: list[dict[str, Any]] = self._linux().setdefault("devices", [])
-            devices[:] = [d for d in devices if d.get("path") != path]
             if removed is not None:
+                remove_device_node(self._linux(), path)
                 self._release("device", path)
                 continue
             if not PurePosixPath(path).is_absolute() or device.type not in ("c", "b", "u", "p"):
@@ -251,11 +253,7 @@ class SpecAdjuster:
             for oci_name, name in (("fileMode", "file_mode"), ("uid", "uid"), ("gid", "gid")):
                 if device.HasField(name):
                     entry[oci_name] = getattr(device, name).value
-            devices.append(entry)
-            rules = self._linux().setdefault("resources", {}).setdefault("devices", [])
-            rules.append(
-                {"allow": True, "type": device.type, "major": device.major, "minor": device.minor, "access": "rwm"}
-            )
+            add_device_node(self._linux(), entry, "rwm")
 
     def apply_resources(self, plugin: str, resources: nri.LinuxResources) -> None:
         target: dict[str, Any] = self._linux().setdefault("resources", {})
@@ -306,6 +304,11 @@ class SpecAdjuster:
         for namespace in linux.namespaces:
             removed = _removed(namespace.type)
             kind = namespace.type if removed is None else removed
+            if self._own_user_namespace and kind in _USERNS_OWNED:
+                raise UserNamespaceConflict(
+                    f"plugin {plugin} adjusts linux.namespaces {kind!r} of a pod with its own user namespace,"
+                    f" which owns the pod's {', '.join(_USERNS_OWNED)} namespaces"
+                )
             namespaces: list[dict[str, Any]] = self._linux().setdefault("namespaces", [])
             namespaces[:] = [n for n in namespaces if n.get("type") != kind]
             if removed is not None:

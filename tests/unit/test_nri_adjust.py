@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pycri.api import api_pb2
 from pycri.nri import convert
 from pycri.nri.adaptation import SyncGate
-from pycri.nri.adjust import AdjustmentError, SpecAdjuster
+from pycri.nri.adjust import AdjustmentError, SpecAdjuster, UserNamespaceConflict
 from pycri.nri.pb import api_pb2 as nri
 
 pytestmark = pytest.mark.unit
@@ -198,3 +198,46 @@ async def test_sync_gate_waits_for_operations_and_holds_new_ones() -> None:
     operation_may_end.set()
     await asyncio.gather(first, sync, late)
     assert order == ["first in", "first out", "sync in", "sync out", "late in", "late out"]
+
+
+def test_removing_a_device_takes_its_cgroup_rule_along() -> None:
+    spec = base_spec()
+    adjuster = SpecAdjuster(spec, min_oom_score_adj=0)
+    added = nri.ContainerAdjustment()
+    added.linux.devices.add(path="/dev/fuse", type="c", major=10, minor=229)
+    adjuster.apply("10-adder", added)
+    removed = nri.ContainerAdjustment()
+    removed.linux.devices.add(path="-/dev/fuse")
+    adjuster.apply("20-remover", removed)
+    assert spec["linux"]["devices"] == []
+    assert spec["linux"]["resources"].get("devices", []) == []
+
+
+def userns_spec() -> dict[str, Any]:
+    spec = base_spec()
+    spec["linux"]["namespaces"] = [
+        {"type": kind, "path": f"/run/pycri/pod/{kind}"} for kind in ("user", "network", "ipc", "uts")
+    ] + [{"type": "pid"}, {"type": "mount"}]
+    return spec
+
+
+@pytest.mark.parametrize("kind", ["user", "-user", "network", "-network", "ipc", "uts"])
+def test_namespaces_a_pods_user_namespace_owns_are_not_adjusted(kind: str) -> None:
+    adjust = nri.ContainerAdjustment()
+    adjust.linux.namespaces.add(type=kind, path="/proc/1/ns/net")
+    spec = userns_spec()
+    with pytest.raises(UserNamespaceConflict, match=f"plugin 10-ns adjusts linux.namespaces '{kind.lstrip('-')}'"):
+        SpecAdjuster(spec, min_oom_score_adj=0).apply("10-ns", adjust)
+    assert spec["linux"]["namespaces"] == userns_spec()["linux"]["namespaces"]
+
+
+def test_other_namespaces_of_a_userns_pod_and_any_of_other_pods_may_be_adjusted() -> None:
+    adjust = nri.ContainerAdjustment()
+    adjust.linux.namespaces.add(type="cgroup")
+    spec = userns_spec()
+    SpecAdjuster(spec, min_oom_score_adj=0).apply("10-ns", adjust)
+    assert {"type": "cgroup"} in spec["linux"]["namespaces"]
+    adjust.linux.namespaces.add(type="network", path="/run/netns/other")
+    spec = base_spec()
+    SpecAdjuster(spec, min_oom_score_adj=0).apply("10-ns", adjust)
+    assert {"type": "network", "path": "/run/netns/other"} in spec["linux"]["namespaces"]
