@@ -138,14 +138,14 @@ async def create_container(
     )
     bind_sources = _missing_with_parents(config)
     plan = {"record": containers.to_plan(record), "bind_sources": [str(p) for p in bind_sources]}
-    intent = await ctx.intents.begin(INTENT, container_id, plan)
+    planned = _Planned(record, await ctx.intents.begin(INTENT, container_id, plan))
     kill_point("create_container.intent")
     try:
         made = _Sources(image.chain_ids, image.config, bind_sources, target_namespace, cdi_devices, restore)
         async with ctx.nri.operation():  # no NRI plugin synchronizes while a container is half made
-            committed = await _make(ctx, sandbox, record, made, intent)
+            committed = await _make(ctx, sandbox, made, planned)
     except BaseException as exc:
-        await asyncio.shield(_undo(ctx, record, bind_sources, intent))
+        await asyncio.shield(_undo(ctx, planned.record, bind_sources, planned.intent))
         if isinstance(exc, OciRuntimeError):
             raise runtime_error(exc, f"create container {name!r}") from exc
         raise
@@ -180,9 +180,17 @@ class _Sources:
     restore: Restore | None
 
 
-async def _make(
-    ctx: ContainerContext, sandbox: SandboxRecord, record: ContainerRecord, made: _Sources, intent: Intent
-) -> ContainerRecord:
+@dataclass
+class _Planned:
+    """The record and its intent as CreateContainer last planned them, for the undo (an NRI
+    plugin may give the container another cgroups path)."""
+
+    record: ContainerRecord
+    intent: Intent
+
+
+async def _make(ctx: ContainerContext, sandbox: SandboxRecord, made: _Sources, planned: _Planned) -> ContainerRecord:
+    record = planned.record
     layers = ctx.layer_dir(record.id, record.config)
     userns, userns_path = sandbox.user_namespace, sandbox.userns_path
     await asyncio.to_thread(make_layer_dirs, layers)
@@ -217,7 +225,10 @@ async def _make(
     if made.cdi_devices is not None:
         await asyncio.to_thread(inject_devices, spec, made.cdi_devices)
     if plugin_cgroups_path := await ctx.nri.create_container(sandbox, record, spec):
-        record = dataclasses.replace(record, cgroups_path=plugin_cgroups_path)
+        # Before the runtime makes that cgroup: an undo, or recovery after a crash, must remove it.
+        record = planned.record = dataclasses.replace(record, cgroups_path=plugin_cgroups_path)
+        plan = {**planned.intent.plan, "record": containers.to_plan(record)}
+        planned.intent = await ctx.intents.replan(planned.intent, plan)
     if userns_path is not None:  # CDI's and NRI plugins' binds: ID-mapped like the CRI mounts
         await asyncio.to_thread(stage_added_binds, spec, generated_binds, userns_path, layers)
         await asyncio.to_thread(check_device_nodes, spec)
@@ -255,4 +266,4 @@ async def _make(
     event = api_pb2.ContainerEventType.CONTAINER_CREATED_EVENT
     if made.restore is not None:  # restored processes run from the moment the runtime returns
         created, event = containers.started(created, time.time_ns()), api_pb2.ContainerEventType.CONTAINER_STARTED_EVENT
-    return await ctx.state.put_container(created, finishes=intent, event=event)
+    return await ctx.state.put_container(created, finishes=planned.intent, event=event)

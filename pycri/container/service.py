@@ -192,8 +192,8 @@ class ContainerService:
         record = self.get(container_id)
         await self._locks.run(record.id, lambda: operations.update_resources(self.ctx, self.get(record.id), resources))
 
-    async def evict(self, container_id: str, reason: str) -> None:
-        """An NRI plugin wants the container gone (the reason is logged by the caller): stop it at once."""
+    async def evict(self, container_id: str) -> None:
+        """An NRI plugin wants the container gone (the hook logs which and why): stop it at once."""
         await self.stop(self.get(container_id).id, 0)
 
     async def remove(self, container_id: str) -> None:

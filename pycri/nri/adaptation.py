@@ -273,8 +273,15 @@ class Adaptation:
             # Another runtime on this host hosts NRI there: pre-registered plugins still run, none can connect.
             log.error("NRI socket not opened", extra={"fields": {"path": str(path), "error": str(exc)}})
             return
-        with file_creation_mask(0o177):
-            self._server = await asyncio.start_unix_server(self._accepted, path=str(path))
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Bound here, not by asyncio: the process-wide umask must not outlast this synchronous step.
+            with file_creation_mask(0o177):
+                listener.bind(str(path))
+            self._server = await asyncio.start_unix_server(self._accepted, sock=listener)
+        except BaseException:
+            listener.close()
+            raise
         log.info("NRI socket listening", extra={"fields": {"path": str(path)}})
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -4,6 +4,11 @@ Each hook relays one lifecycle event to the plugins. RunPodSandbox, CreateContai
 its validation), StartContainer and the resource updates fail when a plugin answers with an error;
 the other events only log it. A pod's or container's stop reaches the plugins once,
 however it ends (StopContainer, StopPodSandbox, an exit of its own) and before its removal.
+
+What a plugin's reply asks of other containers (updates, evictions) is carried out in a task of
+its own, never awaited by the hook: the hook's caller may hold the lock of the pod or container
+the event is about, and those actions take container locks (that very one, for an eviction of
+the container being updated), so awaiting them there could deadlock.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pycri.config import Config, NriSection
 from pycri.errors import FailedPrecondition, RuntimeFailure
 from pycri.nri import convert
 from pycri.nri.adaptation import Adaptation, PluginFailed, RuntimeSide
-from pycri.nri.adjust import AdjustmentError, SpecAdjuster
+from pycri.nri.adjust import AdjustmentError, SpecAdjuster, UserNamespaceConflict
 from pycri.nri.pb import api_pb2 as nri
 from pycri.nri.plugin import Plugin
 from pycri.state.containers import ContainerRecord
@@ -36,7 +41,7 @@ class ContainerActions(Protocol):
 
     async def apply_plugin_update(self, container_id: str, resources: api_pb2.LinuxContainerResources) -> None: ...
 
-    async def evict(self, container_id: str, reason: str) -> None: ...
+    async def evict(self, container_id: str) -> None: ...
 
 
 class Nri:
@@ -57,6 +62,7 @@ class Nri:
         self._stopped_pods: set[str] = set()
         # A container's stop relay, joined by whoever else reports the same stop until it is removed.
         self._container_stops: dict[str, asyncio.Task[None]] = {}
+        self._follow_ups: set[asyncio.Task[None]] = set()
         settings = config.nri if config is not None else NriSection()
         self.adaptation = Adaptation(settings, RuntimeSide("pycri", version, self._snapshot, self._update_containers))
 
@@ -79,7 +85,13 @@ class Nri:
 
     async def stop(self) -> None:
         if self.enabled:
+            await self.settle()
             await self.adaptation.stop()
+
+    async def settle(self) -> None:
+        """Wait until the updates and evictions plugins asked for in their replies are carried out."""
+        while self._follow_ups:
+            await asyncio.gather(*list(self._follow_ups), return_exceptions=True)
 
     @contextlib.asynccontextmanager
     async def operation(self) -> AsyncIterator[None]:
@@ -114,12 +126,13 @@ class Nri:
         await self._notify(nri.STOP_POD_SANDBOX, "StopPodSandbox", request, nri.StopPodSandboxResponse)
 
     async def remove_pod_sandbox(self, pod: SandboxRecord) -> None:
-        if not self._relaying:
-            return
-        await self.stop_pod_sandbox(pod)
-        request = nri.RemovePodSandboxRequest(pod=convert.pod_sandbox(pod))
-        await self._notify(nri.REMOVE_POD_SANDBOX, "RemovePodSandbox", request, nri.RemovePodSandboxResponse)
-        self._stopped_pods.discard(pod.id)
+        try:
+            if self._relaying:
+                await self.stop_pod_sandbox(pod)
+                request = nri.RemovePodSandboxRequest(pod=convert.pod_sandbox(pod))
+                await self._notify(nri.REMOVE_POD_SANDBOX, "RemovePodSandbox", request, nri.RemovePodSandboxResponse)
+        finally:  # also when the plugins that heard of its stop are gone
+            self._stopped_pods.discard(pod.id)
 
     async def update_pod_sandbox(
         self,
@@ -192,6 +205,8 @@ class Nri:
                 validation,
                 nri.ValidateContainerAdjustmentResponse,
             )
+        except UserNamespaceConflict as exc:
+            raise FailedPrecondition(f"NRI: {exc}") from None
         except (PluginFailed, AdjustmentError) as exc:
             raise RuntimeFailure(f"NRI: {exc}") from None
         for plugin, verdict in verdicts:
@@ -201,7 +216,7 @@ class Nri:
                 )
         if missing := self.adaptation.missing_required():  # one was dropped on the way
             raise FailedPrecondition(f"required NRI plugins are not connected: {', '.join(missing)}")
-        await self._apply("CreateContainer", updates, evictions)
+        self._follow_up("CreateContainer", updates, evictions)
         return adjuster.cgroups_path
 
     async def post_create_container(self, record: ContainerRecord) -> None:
@@ -245,7 +260,7 @@ class Nri:
                 else:
                     others.append(update)
             evictions.extend(reply.evict)
-        await self._apply("UpdateContainer", others, evictions)
+        self._follow_up("UpdateContainer", others, evictions)
         return resources
 
     async def post_update_container(self, record: ContainerRecord) -> None:
@@ -270,14 +285,15 @@ class Nri:
         except PluginFailed as exc:
             log.warning("NRI plugin failed an event", extra={"fields": {"event": "StopContainer", "error": str(exc)}})
             return
-        await self._apply("StopContainer", [u for _, reply in replies for u in reply.update], [])
+        self._follow_up("StopContainer", [u for _, reply in replies for u in reply.update], [])
 
     async def remove_container(self, record: ContainerRecord) -> None:
-        if not self._relaying:
-            return
-        await self.stop_container(record)
-        await self._container_event(nri.REMOVE_CONTAINER, "RemoveContainer", record)
-        self._container_stops.pop(record.id, None)
+        try:
+            if self._relaying:
+                await self.stop_container(record)
+                await self._container_event(nri.REMOVE_CONTAINER, "RemoveContainer", record)
+        finally:  # also when the plugins that heard of its stop are gone
+            self._container_stops.pop(record.id, None)
 
     # ---- helpers ----
 
@@ -314,6 +330,15 @@ class Nri:
         pods = [convert.pod_sandbox(pod) for pod in self._state.sandboxes()]
         containers = [await self._container(record) for record in self._state.containers()]
         return pods, containers
+
+    def _follow_up(
+        self, event: str, updates: list[nri.ContainerUpdate], evictions: list[nri.ContainerEviction]
+    ) -> None:
+        """Carry out what an event's replies ask of containers, in a task of its own (see above)."""
+        if updates or evictions:
+            task = asyncio.ensure_future(self._apply(event, updates, evictions))
+            self._follow_ups.add(task)
+            task.add_done_callback(self._follow_ups.discard)
 
     async def _apply(
         self, event: str, updates: list[nri.ContainerUpdate], evictions: list[nri.ContainerEviction]
@@ -355,7 +380,7 @@ class Nri:
             )
             try:
                 assert self._actions is not None
-                await self._actions.evict(eviction.container_id, eviction.reason)
+                await self._actions.evict(eviction.container_id)
             except Exception as exc:  # noqa: BLE001 - logged; the other evictions go on
                 log.warning(
                     "NRI eviction failed", extra={"fields": {"container": eviction.container_id, "error": str(exc)}}

@@ -176,7 +176,11 @@ class SandboxService:
             ready = await self._set_up(record, plan, made_log_directory, done)
             async with self.ctx.nri.operation():  # the pod stays unseen while NRI plugins look at it
                 await self.ctx.nri.run_pod_sandbox(ready)
-                await self.ctx.state.put_sandbox(ready, finishes=intent)
+                try:
+                    await self.ctx.state.put_sandbox(ready, finishes=intent)
+                except BaseException:  # the plugins saw the pod run: they hear of its end too
+                    await asyncio.shield(self.ctx.nri.remove_pod_sandbox(ready))
+                    raise
         except BaseException:
             await asyncio.shield(self._undo(record, made_log_directory, intent, network_attached="network" in done))
             raise

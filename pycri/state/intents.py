@@ -8,6 +8,7 @@ operation a crash cut short; recovery finishes it or undoes everything it names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -47,6 +48,12 @@ class IntentLog:
         intent = Intent(kind, object_id, plan or {}, time.time_ns())
         await self._store.write(lambda db: insert_intent(db, intent))
         return intent
+
+    async def replan(self, intent: Intent, plan: dict[str, Any]) -> Intent:
+        """The intent with the plan an operation has learned more of; on disk when this returns."""
+        replanned = dataclasses.replace(intent, plan=plan)
+        await self._store.write(lambda db: insert_intent(db, replanned))
+        return replanned
 
     async def finish(self, intent: Intent) -> None:
         await self._store.write(lambda db: delete_intent(db, intent.object_id))

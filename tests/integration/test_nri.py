@@ -22,7 +22,7 @@ from tests.integration.test_sandbox_support import Node, running_node
 from tests.support.busybox_images import TestImages
 from tests.support.daemon import REPO, remove_tree, short_tempdir
 from tests.support.nri_plugin import RecordingPlugin
-from tests.support.pods import Workloads, container_config, shell, wait_until, workloads_on
+from tests.support.pods import RPC_TIMEOUT, Workloads, container_config, shell, wait_until, workloads_on
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -358,6 +358,57 @@ def test_unsolicited_update_and_eviction(
         assert work.status(kept).resources.linux.cpu_shares == 256
         assert work.status(evicted).state == api_pb2.CONTAINER_EXITED
         wait_until(lambda: "StopContainer" in plugin.methods(evicted), "the evicted container's StopContainer")
+    finally:
+        plugins.close(plugin)
+
+
+def test_a_plugin_may_evict_the_container_whose_update_it_is_asked_about(
+    node: Node, work: Workloads, plugins: PluginLoop, test_images: TestImages
+) -> None:
+    plugin = plugins.connect(
+        RecordingPlugin("selfevictor", "71", events=[nri.UPDATE_CONTAINER, nri.STOP_CONTAINER]), socket_of(node)
+    )
+    try:
+        pod = work.pod("nri-evict-updated")
+        container_id = work.run(pod, container_config("evicted", test_images.busybox.reference, "sleep", "60"))
+        eviction = nri.ContainerEviction(container_id=container_id, reason="no room")
+        plugin.replies["UpdateContainer"] = nri.UpdateContainerResponse(evict=[eviction])
+        request = api_pb2.UpdateContainerResourcesRequest(
+            container_id=container_id, linux=api_pb2.LinuxContainerResources(cpu_shares=512)
+        )
+        work.runtime.UpdateContainerResources(request, timeout=RPC_TIMEOUT)  # no deadlock on its own lock
+        assert work.wait_for_exit(container_id).state == api_pb2.CONTAINER_EXITED
+        wait_until(lambda: "StopContainer" in plugin.methods(container_id), "the evicted container's StopContainer")
+        assert work.status(container_id).resources.linux.cpu_shares == 512
+    finally:
+        plugins.close(plugin)
+
+
+def test_namespaces_of_a_pods_own_user_namespace_are_not_adjusted(
+    node: Node, work: Workloads, plugins: PluginLoop, test_images: TestImages
+) -> None:
+    adjust = nri.ContainerAdjustment()
+    adjust.linux.namespaces.add(type="network", path="/proc/1/ns/net")
+    replies: dict[str, object] = {"CreateContainer": nri.CreateContainerResponse(adjust=adjust)}
+    plugin = plugins.connect(
+        RecordingPlugin("netswap", "47", events=[nri.CREATE_CONTAINER], replies=replies), socket_of(node)
+    )
+    node.base.chmod(0o711)  # the pod's root walks through it to its files
+    try:
+        config = work.pod_config("nri-userns")
+        mapping = api_pb2.IDMapping(container_id=0, host_id=100000, length=65536)
+        userns = api_pb2.UserNamespace(mode=api_pb2.NamespaceMode.POD, uids=[mapping], gids=[mapping])
+        config.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
+        pod = work.run_pod(config)
+        container = container_config("hostnet", test_images.busybox.reference, "sleep", "60")
+        container.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
+        containers_before = set(work.container_dirs())
+        with pytest.raises(grpc.RpcError) as refused:
+            work.create(pod, container)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "plugin 47-netswap adjusts linux.namespaces 'network'" in str(refused.value.details())
+        assert work.list(pod_sandbox_id=pod.id) == []
+        assert set(work.container_dirs()) == containers_before
     finally:
         plugins.close(plugin)
 

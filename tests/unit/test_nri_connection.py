@@ -4,6 +4,7 @@ ways, refusals, timeouts, registration, synchronization, dispatch order and drop
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -187,7 +188,18 @@ async def test_synchronize_updates_are_applied(registry: tuple[Adaptation, list[
     plugin.close()
 
 
-def test_socket_path_is_private(tmp_path: Path) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_socket_path_is_private_without_a_umask_other_work_sees(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def other_work() -> None:
+        seen.append(_umask())
+
     async def listen() -> int:
         settings = NriSection(enable=True, socket_path=tmp_path / "sub" / "nri.sock", plugin_path=tmp_path / "none")
 
@@ -200,9 +212,11 @@ def test_socket_path_is_private(tmp_path: Path) -> None:
             return []
 
         adaptation = Adaptation(settings, RuntimeSide("pycri", "test", snapshot, update))
+        asyncio.get_running_loop().call_soon(other_work)  # runs where the start first yields to the loop
         await adaptation.start()
         mode = settings.socket_path.stat().st_mode & 0o777
         await adaptation.stop()
         return mode
 
     assert asyncio.run(listen()) == 0o600
+    assert seen == [_umask()]  # the socket's mask (0o177) was not the process's while the loop ran on
