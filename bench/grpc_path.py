@@ -13,13 +13,15 @@ makes the calls one at a time after a warm-up. The servers:
   reads a file or SQLite in a thread pays).
 - uvloop, bytes: aio, bytes on uvloop's event loop instead of asyncio's (when uvloop is installed).
 - sync, message: grpc's threaded server (a thread pool), building the message per call.
-- pycri / containerd: a real daemon's Version, when `--pycri` / `--containerd` give a socket.
+- pycri / containerd: a real daemon's Version, when `--pycri` / `--containerd` give a socket, or
+  fresh ones (pycri, and an isolated containerd when installed) with `--daemons`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import multiprocessing
 import multiprocessing.synchronize
@@ -34,6 +36,8 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 from measure import Latency, time_calls  # noqa: E402
+from peers import containerd_available  # noqa: E402
+from scenario_pull import fresh_pycri, isolated_containerd  # noqa: E402
 
 from pycri.api import api_pb2, api_pb2_grpc  # noqa: E402
 
@@ -121,11 +125,18 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--pycri", help="a pycri socket (unix:///path) to time the same call against")
     parser.add_argument("--containerd", help="a containerd CRI socket (unix:///path) to time the same call against")
+    parser.add_argument("--daemons", action="store_true", help="start a pycri and an isolated containerd to time")
     args = parser.parse_args()
     kinds = [kind for kind in KINDS if not kind.startswith("uvloop") or importlib.util.find_spec("uvloop")]
     rows = [(kind, measure_kind(kind, args.calls, args.warmup)) for kind in kinds]
-    daemons = (("pycri daemon", args.pycri), ("containerd daemon", args.containerd))
-    rows += [(name, measure(endpoint, args.calls, args.warmup)) for name, endpoint in daemons if endpoint]
+    with contextlib.ExitStack() as stack:
+        if args.daemons:
+            args.pycri = stack.enter_context(fresh_pycri())
+            if containerd_available():
+                # Version pulls nothing: the registry and sandbox image are never used.
+                args.containerd = stack.enter_context(isolated_containerd("127.0.0.1:1", "pause"))
+        daemons = (("pycri daemon", args.pycri), ("containerd daemon", args.containerd))
+        rows += [(name, measure(endpoint, args.calls, args.warmup)) for name, endpoint in daemons if endpoint]
     print(f"Version, {args.calls} calls one at a time after {args.warmup}; started {time.strftime('%H:%M:%S')}")
     print(f"{'server':<20}{'p50 ms':>10}{'p99 ms':>10}")
     for name, latency in rows:

@@ -9,6 +9,7 @@ everything is there already), and stops the daemon. One more fresh daemon per si
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import statistics
 import time
@@ -40,17 +41,18 @@ def fresh_pycri() -> Iterator[str]:
         remove_tree(daemon.base)
 
 
-def fresh_containerd(images: BenchImages) -> FreshDaemon:
-    @contextlib.contextmanager
-    def start() -> Iterator[str]:
-        containerd = IsolatedContainerd(images.registry_host, images.pause)
-        try:
-            containerd.start()
-            yield containerd.endpoint
-        finally:
-            containerd.stop()
+@contextlib.contextmanager
+def isolated_containerd(registry_host: str, sandbox_image: str) -> Iterator[str]:
+    containerd = IsolatedContainerd(registry_host, sandbox_image)
+    try:
+        containerd.start()
+        yield containerd.endpoint
+    finally:
+        containerd.stop()
 
-    return start
+
+def fresh_containerd(images: BenchImages) -> FreshDaemon:
+    return functools.partial(isolated_containerd, images.registry_host, images.pause)
 
 
 def pull_once(endpoint: str, image: str, expected_id: str) -> float:
